@@ -1,0 +1,28 @@
+# facesearch: the two set-up commands are `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export FACESEARCH_VENV := $(VENV)
+
+.PHONY: run test bench protos venv clean
+
+venv:
+	@scripts/bootstrap.sh
+
+## Start the facesearch services on localhost with embedded defaults (Ctrl-C stops them).
+run: venv
+	$(VENV)/bin/facesearch up
+
+## Run the whole test suite.
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Run the benchmarks; results are written under bench/results/.
+bench: venv
+	$(PY) -m bench.detector_throughput
+
+## Regenerate the Python code for protos/ (committed; a test fails when it is stale).
+protos: venv
+	$(PY) -m scripts.generate_protos
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,134 @@
+"""The ``facesearch`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import grpc
+
+EXIT_OK = 0
+EXIT_SOME_PHOTOS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="facesearch", description="Self-hosted face search.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the facesearch services on localhost (Ctrl-C stops)")
+    up.set_defaults(handler=_up)
+
+    detector = commands.add_parser("detector", help="the detector service")
+    detector_commands = detector.add_subparsers(dest="detector_command", required=True, metavar="ACTION")
+    detector_commands.add_parser("serve", help="run the detector in this process").set_defaults(
+        handler=_detector_serve
+    )
+
+    detect = commands.add_parser("detect", help="find the faces in photos with a running detector")
+    detect.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    detect.add_argument("--address", default="127.0.0.1:50051", help="detector address")
+    detect.add_argument("--json", action="store_true", help="one JSON object per photo")
+    detect.add_argument("--batch", type=int, default=8, help="photos per DetectBatch call")
+    detect.set_defaults(handler=_detect)
+
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from gateway.suite import Suite, default_suite
+
+    suite = Suite(default_suite())
+    print("starting facesearch services...", file=sys.stderr)
+    try:
+        suite.start()
+    except RuntimeError as error:
+        print(f"facesearch up: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    for service in suite.services:
+        print(
+            f"  {service.name:<10} grpc {service.address}   metrics http://127.0.0.1:{service.metrics_port}/metrics",
+            file=sys.stderr,
+        )
+    print("ready; press Ctrl-C to stop", file=sys.stderr)
+    try:
+        status = suite.wait()
+    finally:
+        suite.stop()
+    print("stopped", file=sys.stderr)
+    return status
+
+
+def _detector_serve(args: argparse.Namespace) -> int:
+    from services.detector.server import run
+    from services.detector.settings import DetectorSettings
+    from services.runtime.entrypoint import run_service
+
+    run_service(DetectorSettings, run)
+    return EXIT_OK
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
+
+    missing = [str(p) for p in args.photos if not p.is_file()]
+    if missing:
+        print(f"facesearch detect: no such file: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    status = EXIT_OK
+    options = detector_pb2.DetectOptions(omit_crops=True)
+    with grpc.insecure_channel(
+        args.address, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]
+    ) as channel:
+        stub = detector_pb2_grpc.DetectorStub(channel)
+        for start in range(0, len(args.photos), args.batch):
+            paths = args.photos[start : start + args.batch]
+            images = [common_pb2.Image(content=p.read_bytes(), uri=str(p)) for p in paths]
+            try:
+                reply = stub.DetectBatch(
+                    detector_pb2.DetectBatchRequest(images=images, options=options), timeout=300
+                )
+            except grpc.RpcError as error:
+                print(f"facesearch detect: {error.code().name}: {error.details()}", file=sys.stderr)
+                return EXIT_UNAVAILABLE if error.code() == grpc.StatusCode.UNAVAILABLE else EXIT_SOME_PHOTOS_FAILED
+            for path, item in zip(paths, reply.items):
+                if item.HasField("error"):
+                    status = EXIT_SOME_PHOTOS_FAILED
+                    _print_photo(args.json, path, error=item.error.message)
+                else:
+                    _print_photo(args.json, path, detection=item.detection)
+    return status
+
+
+def _print_photo(as_json: bool, path: Path, detection=None, error: str | None = None) -> None:
+    if error is not None:
+        if as_json:
+            print(json.dumps({"photo": str(path), "error": error}))
+        else:
+            print(f"{path}: error: {error}")
+        return
+    faces = [
+        {
+            "box": [round(v, 1) for v in (f.box.x_min, f.box.y_min, f.box.x_max, f.box.y_max)],
+            "confidence": round(f.confidence, 4),
+            "blur_variance": round(f.quality.blur_variance, 1),
+            "blurred": f.quality.blurred,
+        }
+        for f in detection.faces
+    ]
+    if as_json:
+        print(json.dumps({"photo": str(path), "width": detection.image_width,
+                          "height": detection.image_height, "faces": faces}))
+        return
+    print(f"{path}: {len(faces)} face(s) in {detection.image_width}x{detection.image_height}")
+    for face in faces:
+        blurred = " (blurred)" if face["blurred"] else ""
+        print(f"  box {face['box']} confidence {face['confidence']}{blurred}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+from facesearch.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PhotoStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PHOTO_STATUS_UNSPECIFIED: _ClassVar[PhotoStatus]
+    PHOTO_STATUS_INDEXED: _ClassVar[PhotoStatus]
+    PHOTO_STATUS_DUPLICATE: _ClassVar[PhotoStatus]
+    PHOTO_STATUS_NO_FACE: _ClassVar[PhotoStatus]
+    PHOTO_STATUS_MULTIPLE_FACES: _ClassVar[PhotoStatus]
+    PHOTO_STATUS_INVALID: _ClassVar[PhotoStatus]
+    PHOTO_STATUS_FAILED: _ClassVar[PhotoStatus]
+    PHOTO_STATUS_ENROLLED: _ClassVar[PhotoStatus]
+PHOTO_STATUS_UNSPECIFIED: PhotoStatus
+PHOTO_STATUS_INDEXED: PhotoStatus
+PHOTO_STATUS_DUPLICATE: PhotoStatus
+PHOTO_STATUS_NO_FACE: PhotoStatus
+PHOTO_STATUS_MULTIPLE_FACES: PhotoStatus
+PHOTO_STATUS_INVALID: PhotoStatus
+PHOTO_STATUS_FAILED: PhotoStatus
+PHOTO_STATUS_ENROLLED: PhotoStatus
+
+class Photo(_message.Message):
+    __slots__ = ("id", "uri", "content", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    uri: str
+    content: bytes
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., content: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PhotoResult(_message.Message):
+    __slots__ = ("photo_id", "status", "faces_found", "faces_stored", "content_hash", "message")
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
+    FACES_STORED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    photo_id: str
+    status: PhotoStatus
+    faces_found: int
+    faces_stored: int
+    content_hash: str
+    message: str
+    def __init__(self, photo_id: _Optional[str] = ..., status: _Optional[_Union[PhotoStatus, str]] = ..., faces_found: _Optional[int] = ..., faces_stored: _Optional[int] = ..., content_hash: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class MatchSettings(_message.Message):
+    __slots__ = ("model", "similarity_threshold")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.EmbeddingModel
+    similarity_threshold: float
+    def __init__(self, model: _Optional[_Union[_common_pb2.EmbeddingModel, _Mapping]] = ..., similarity_threshold: _Optional[float] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("person_id", "display_name", "photos")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    display_name: str
+    photos: _containers.RepeatedCompositeFieldContainer[Photo]
+    def __init__(self, person_id: _Optional[str] = ..., display_name: _Optional[str] = ..., photos: _Optional[_Iterable[_Union[Photo, _Mapping]]] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("person_id", "results", "reference_faces", "settings")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FACES_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    results: _containers.RepeatedCompositeFieldContainer[PhotoResult]
+    reference_faces: int
+    settings: MatchSettings
+    def __init__(self, person_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[PhotoResult, _Mapping]]] = ..., reference_faces: _Optional[int] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ...) -> None: ...
+
+class IndexPhotosRequest(_message.Message):
+    __slots__ = ("photo",)
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    photo: Photo
+    def __init__(self, photo: _Optional[_Union[Photo, _Mapping]] = ...) -> None: ...
+
+class IndexPhotosResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: PhotoResult
+    def __init__(self, result: _Optional[_Union[PhotoResult, _Mapping]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("a", "b", "similarity_threshold")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    a: Photo
+    b: Photo
+    similarity_threshold: float
+    def __init__(self, a: _Optional[_Union[Photo, _Mapping]] = ..., b: _Optional[_Union[Photo, _Mapping]] = ..., similarity_threshold: _Optional[float] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("same_person", "similarity", "distance", "settings", "face_a", "face_b")
+    SAME_PERSON_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    FACE_A_FIELD_NUMBER: _ClassVar[int]
+    FACE_B_FIELD_NUMBER: _ClassVar[int]
+    same_person: bool
+    similarity: float
+    distance: float
+    settings: MatchSettings
+    face_a: _common_pb2.Face
+    face_b: _common_pb2.Face
+    def __init__(self, same_person: _Optional[bool] = ..., similarity: _Optional[float] = ..., distance: _Optional[float] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ..., face_a: _Optional[_Union[_common_pb2.Face, _Mapping]] = ..., face_b: _Optional[_Union[_common_pb2.Face, _Mapping]] = ...) -> None: ...
+
+class IdentifyRequest(_message.Message):
+    __slots__ = ("photo", "top_k", "similarity_threshold")
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    photo: Photo
+    top_k: int
+    similarity_threshold: float
+    def __init__(self, photo: _Optional[_Union[Photo, _Mapping]] = ..., top_k: _Optional[int] = ..., similarity_threshold: _Optional[float] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("person_id", "display_name", "similarity")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    display_name: str
+    similarity: float
+    def __init__(self, person_id: _Optional[str] = ..., display_name: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class IdentifiedFace(_message.Message):
+    __slots__ = ("face", "candidates", "unknown")
+    FACE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    face: _common_pb2.Face
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    unknown: bool
+    def __init__(self, face: _Optional[_Union[_common_pb2.Face, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., unknown: _Optional[bool] = ...) -> None: ...
+
+class IdentifyResponse(_message.Message):
+    __slots__ = ("faces", "settings")
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    faces: _containers.RepeatedCompositeFieldContainer[IdentifiedFace]
+    settings: MatchSettings
+    def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ...) -> None: ...
+
+class FindMeRequest(_message.Message):
+    __slots__ = ("references", "person_id", "similarity_threshold", "limit", "page_token")
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    references: _containers.RepeatedCompositeFieldContainer[Photo]
+    person_id: str
+    similarity_threshold: float
+    limit: int
+    page_token: str
+    def __init__(self, references: _Optional[_Iterable[_Union[Photo, _Mapping]]] = ..., person_id: _Optional[str] = ..., similarity_threshold: _Optional[float] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class PhotoMatch(_message.Message):
+    __slots__ = ("photo_id", "photo_uri", "box", "face_index", "similarity")
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_URI_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    photo_id: str
+    photo_uri: str
+    box: _common_pb2.BoundingBox
+    face_index: int
+    similarity: float
+    def __init__(self, photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., face_index: _Optional[int] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class FindMeResponse(_message.Message):
+    __slots__ = ("matches", "next_page_token", "settings")
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    matches: _containers.RepeatedCompositeFieldContainer[PhotoMatch]
+    next_page_token: str
+    settings: MatchSettings
+    def __init__(self, matches: _Optional[_Iterable[_Union[PhotoMatch, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ...) -> None: ...
+
+class DeletePersonRequest(_message.Message):
+    __slots__ = ("person_id",)
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    def __init__(self, person_id: _Optional[str] = ...) -> None: ...
+
+class DeletePersonResponse(_message.Message):
+    __slots__ = ("faces_deleted",)
+    FACES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    faces_deleted: int
+    def __init__(self, faces_deleted: _Optional[int] = ...) -> None: ...
+
+class DeletePhotoRequest(_message.Message):
+    __slots__ = ("photo_id",)
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    photo_id: str
+    def __init__(self, photo_id: _Optional[str] = ...) -> None: ...
+
+class DeletePhotoResponse(_message.Message):
+    __slots__ = ("faces_deleted",)
+    FACES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    faces_deleted: int
+    def __init__(self, faces_deleted: _Optional[int] = ...) -> None: ...
+
+class ListPeopleRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class Person(_message.Message):
+    __slots__ = ("person_id", "display_name", "reference_faces")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FACES_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    display_name: str
+    reference_faces: int
+    def __init__(self, person_id: _Optional[str] = ..., display_name: _Optional[str] = ..., reference_faces: _Optional[int] = ...) -> None: ...
+
+class ListPeopleResponse(_message.Message):
+    __slots__ = ("people", "next_page_token")
+    PEOPLE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    people: _containers.RepeatedCompositeFieldContainer[Person]
+    next_page_token: str
+    def __init__(self, people: _Optional[_Iterable[_Union[Person, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ClusterFacesRequest(_message.Message):
+    __slots__ = ("similarity_threshold", "min_cluster_size")
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_CLUSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    similarity_threshold: float
+    min_cluster_size: int
+    def __init__(self, similarity_threshold: _Optional[float] = ..., min_cluster_size: _Optional[int] = ...) -> None: ...
+
+class FaceRef(_message.Message):
+    __slots__ = ("photo_id", "face_index", "box")
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    photo_id: str
+    face_index: int
+    box: _common_pb2.BoundingBox
+    def __init__(self, photo_id: _Optional[str] = ..., face_index: _Optional[int] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ...) -> None: ...
+
+class FaceCluster(_message.Message):
+    __slots__ = ("cluster_id", "faces", "person_id")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    faces: _containers.RepeatedCompositeFieldContainer[FaceRef]
+    person_id: str
+    def __init__(self, cluster_id: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[FaceRef, _Mapping]]] = ..., person_id: _Optional[str] = ...) -> None: ...
+
+class ClusterFacesResponse(_message.Message):
+    __slots__ = ("clusters",)
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    clusters: _containers.RepeatedCompositeFieldContainer[FaceCluster]
+    def __init__(self, clusters: _Optional[_Iterable[_Union[FaceCluster, _Mapping]]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("photos", "faces", "people", "settings")
+    PHOTOS_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    PEOPLE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    photos: int
+    faces: int
+    people: int
+    settings: MatchSettings
+    def __init__(self, photos: _Optional[int] = ..., faces: _Optional[int] = ..., people: _Optional[int] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The facesearch services: detector, embedder and search, and their shared runtime."""

@@ -1,0 +1,1 @@
+"""The detector service: finds faces in photos, aligns them and scores their quality."""

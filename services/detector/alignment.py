@@ -1,0 +1,93 @@
+"""Face alignment: a similarity transform that puts the five landmarks where the
+embedding model expects them, then a resampled square crop."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Where the eyes, nose tip and mouth corners of a frontal face lie in a tightly
+# framed square crop, as fractions of its side (left eye, right eye, nose,
+# mouth left, mouth right). The widely used five-point face template.
+CANONICAL_LANDMARKS = np.array(
+    [
+        [0.34191, 0.46157],
+        [0.65653, 0.45983],
+        [0.50022, 0.64050],
+        [0.37097, 0.82469],
+        [0.63152, 0.82325],
+    ],
+    dtype=np.float64,
+)
+
+
+def template(size: int, margin: float) -> np.ndarray:
+    """Target landmark positions in a size x size crop with ``margin`` extra context.
+
+    ``margin`` is the fraction of the crop side added around the tight template
+    on each side: 0 is the tight crop, 0.1 shrinks the face to 80% of the crop.
+    """
+    if not 0 <= margin < 0.5:
+        raise ValueError(f"crop margin must be in [0, 0.5), got {margin}")
+    centre = np.array([0.5, 0.5])
+    return ((CANONICAL_LANDMARKS - centre) * (1 - 2 * margin) + centre) * size
+
+
+def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 2x3 rotation + uniform scale + translation that best maps source
+    points onto target points in the least-squares sense (Umeyama's method)."""
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    source_centred, target_centred = source - source_mean, target - target_mean
+    source_variance = (source_centred**2).sum() / len(source)
+    if source_variance <= 1e-12:
+        raise ValueError("landmarks are all at one point")
+    covariance = target_centred.T @ source_centred / len(source)
+    u, singular, vt = np.linalg.svd(covariance)
+    reflection = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        reflection[1, 1] = -1
+    rotation = u @ reflection @ vt
+    scale = (singular * np.diag(reflection)).sum() / source_variance
+    translation = target_mean - scale * rotation @ source_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def align_face(
+    image: np.ndarray, landmarks: np.ndarray, size: int = 160, margin: float = 0.1
+) -> np.ndarray:
+    """Returns the size x size x 3 aligned crop of the face with these landmarks
+    (pixel coordinates of ``image``)."""
+    matrix = similarity_transform(landmarks, template(size, margin))
+    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
+    if scale < 0.5:
+        # Shrinking by more than 2x in one warp aliases; pre-shrink the face's
+        # neighbourhood with area averaging first.
+        image, matrix = _preshrink(image, matrix, size, scale)
+    return cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def _preshrink(
+    image: np.ndarray, matrix: np.ndarray, size: int, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
+    source_corners = corners @ inverse.T
+    height, width = image.shape[:2]
+    x0, y0 = np.floor(source_corners.min(axis=0)).astype(int) - 2
+    x1, y1 = np.ceil(source_corners.max(axis=0)).astype(int) + 2
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, width), min(y1, height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return image, matrix
+    factor = 2 * scale  # leaves a 2x downscale to the warp
+    region = image[y0:y1, x0:x1]
+    new_size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
+    shrunk = cv2.resize(region, new_size, interpolation=cv2.INTER_AREA)
+    fx, fy = new_size[0] / (x1 - x0), new_size[1] / (y1 - y0)
+    # point in shrunk = (point in image - origin) * f  =>  image = shrunk / f + origin
+    to_image = np.array([[1 / fx, 0, x0], [0, 1 / fy, y0], [0, 0, 1]], dtype=np.float64)
+    return shrunk, matrix @ to_image

@@ -1,0 +1,23 @@
+"""Face detector backends, all behind ``FaceDetectorBackend``."""
+
+from __future__ import annotations
+
+from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
+from services.detector.settings import DetectorSettings
+
+
+def create_backend(settings: DetectorSettings) -> FaceDetectorBackend:
+    """The backend the settings ask for, loaded and ready."""
+    if settings.backend == "yolo":
+        from services.detector.backends.yolo import YoloFaceBackend
+
+        backend: FaceDetectorBackend = YoloFaceBackend(settings.yolo_weights, device=settings.device)
+    else:
+        from services.detector.backends.mtcnn import MtcnnBackend
+
+        backend = MtcnnBackend(device=settings.device)
+    backend.load()
+    return backend
+
+
+__all__ = ["FaceCandidate", "FaceDetectorBackend", "create_backend"]

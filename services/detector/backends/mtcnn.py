@@ -1,0 +1,82 @@
+"""MTCNN from facenet-pytorch; its weights ship inside the wheel."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+from facenet_pytorch.models.utils.detect_face import detect_face
+
+from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
+
+# Step between the scales of the image pyramid (facenet-pytorch's default).
+PYRAMID_FACTOR = 0.709
+# Padding value for batching images of different sizes; flat black holds no face.
+PAD_VALUE = 0
+
+
+class MtcnnBackend(FaceDetectorBackend):
+    """Three-stage cascade (P-Net, R-Net, O-Net); images of a batch share its calls."""
+
+    name = "mtcnn"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.nets: tuple[PNet, RNet, ONet] | None = None
+
+    def load(self) -> None:
+        nets = (PNet(), RNet(), ONet())  # each loads its weights from the wheel
+        for net in nets:
+            net.to(self.device).eval()
+        self.nets = nets
+
+    @staticmethod
+    def stage_thresholds(min_confidence: float) -> list[float]:
+        """Thresholds of the three stages: the last is the requested confidence;
+        the earlier, coarse stages stay more permissive than it."""
+        return [min(0.6, min_confidence - 0.3), min(0.7, min_confidence - 0.2), min_confidence]
+
+    def detect(
+        self, images: list[np.ndarray], min_face_size: int, min_confidence: float
+    ) -> list[list[FaceCandidate]]:
+        if self.nets is None:
+            raise RuntimeError("MtcnnBackend.detect called before load()")
+        if not images:
+            return []
+        batch = _pad_to_common_size(images)
+        with torch.inference_mode():
+            boxes, points = detect_face(
+                batch,
+                max(12, min_face_size),
+                *self.nets,
+                self.stage_thresholds(min_confidence),
+                PYRAMID_FACTOR,
+                self.device,
+            )
+        results = []
+        for image, image_boxes, image_points in zip(images, boxes, points):
+            height, width = image.shape[:2]
+            faces = []
+            for box, landmarks in zip(np.asarray(image_boxes), np.asarray(image_points)):
+                clipped = np.array(
+                    [max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height)],
+                    dtype=np.float64,
+                )
+                faces.append(
+                    FaceCandidate(
+                        box=clipped,
+                        landmarks=np.asarray(landmarks, dtype=np.float64).reshape(5, 2),
+                        confidence=float(box[4]),
+                    )
+                )
+            results.append(faces)
+        return results
+
+
+def _pad_to_common_size(images: list[np.ndarray]) -> np.ndarray:
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    batch = np.full((len(images), height, width, 3), PAD_VALUE, dtype=np.uint8)
+    for i, image in enumerate(images):
+        batch[i, : image.shape[0], : image.shape[1]] = image
+    return batch

@@ -1,0 +1,207 @@
+"""Face detection as the service does it: shrink, detect with retries, map back,
+align, score quality.
+
+Photos are shrunk so their longer side is at most ``max_side`` before the model
+sees them (detection cost grows with pixels; faces stay findable), and the
+boxes and landmarks are mapped back to the original photo. The first pass uses
+the configured confidence; photos with no face are tried again at each lower
+``retry_confidences`` value, so a hard photo still yields its face while easy
+ones keep the strict threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from services.detector.alignment import align_face
+from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
+from services.detector.images import DecodedImage
+from services.detector.quality import blur_variance
+from services.detector.settings import DetectorSettings
+
+# Images whose padding to a common size would waste more than this share of
+# the batch's pixels are sent in separate model calls.
+MAX_PADDING_OVERHEAD = 0.25
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    min_confidence: float
+    min_face_size: int
+    skip_blurred: bool = False
+    whole_image_fallback: bool = False
+    include_crops: bool = True
+    crop_margin: float = 0.1
+    max_faces: int = 0
+
+
+@dataclass
+class DetectedFace:
+    box: np.ndarray  # original photo pixels: x_min, y_min, x_max, y_max
+    landmarks: np.ndarray | None  # original photo pixels, 5 x 2; None for the whole-image fallback
+    confidence: float
+    blur_variance: float
+    blurred: bool
+    crop: np.ndarray | None  # crop_size x crop_size x 3 uint8
+    whole_image_fallback: bool = False
+
+    @property
+    def size(self) -> float:
+        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+
+@dataclass
+class Detection:
+    image: DecodedImage
+    faces: list[DetectedFace] = field(default_factory=list)
+    threshold_used: float = 0.0
+    blurred_faces_skipped: int = 0
+
+
+class FaceDetector:
+    """Runs a backend over decoded photos and turns its output into aligned faces."""
+
+    def __init__(self, backend: FaceDetectorBackend, settings: DetectorSettings) -> None:
+        self.backend = backend
+        self.settings = settings
+
+    def default_options(self) -> DetectionOptions:
+        return DetectionOptions(
+            min_confidence=self.settings.min_confidence,
+            min_face_size=self.settings.min_face_size,
+            crop_margin=self.settings.crop_margin,
+        )
+
+    def detect(self, images: list[DecodedImage], options: DetectionOptions) -> list[Detection]:
+        ladder = [options.min_confidence] + [
+            c for c in self.settings.retry_confidences if c < options.min_confidence
+        ]
+        inputs = [self._detection_input(image) for image in images]
+        found: dict[int, tuple[float, list[tuple[FaceCandidate, float]]]] = {}
+        pending = list(range(len(images)))
+        for threshold in ladder:
+            if not pending:
+                break
+            candidates = self._run_backend([inputs[i] for i in pending], options, threshold)
+            still_pending = []
+            for index, faces in zip(pending, candidates):
+                if faces:
+                    found[index] = (threshold, faces)
+                else:
+                    still_pending.append(index)
+            pending = still_pending
+        detections = []
+        for index, image in enumerate(images):
+            threshold, faces = found.get(index, (ladder[-1], []))
+            detections.append(self._finish(image, faces, threshold, options))
+        return detections
+
+    def _detection_input(self, image: DecodedImage) -> tuple[np.ndarray, float]:
+        """The shrunk image the model sees, and its scale relative to the original photo."""
+        pixels = image.pixels
+        height, width = pixels.shape[:2]
+        shrink = min(1.0, self.settings.max_side / max(height, width))
+        if shrink < 1.0:
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        return pixels, pixels.shape[1] / image.width
+
+    def _run_backend(
+        self, inputs: list[tuple[np.ndarray, float]], options: DetectionOptions, threshold: float
+    ) -> list[list[tuple[FaceCandidate, float]]]:
+        """Backend candidates per input, with their scale, filtered by face size."""
+        results: list[list[tuple[FaceCandidate, float]]] = [[] for _ in inputs]
+        for group in _size_groups([pixels.shape[:2] for pixels, _ in inputs]):
+            scales = [inputs[i][1] for i in group]
+            search_size = max(
+                self.settings.min_detection_face_size, round(options.min_face_size * min(scales))
+            )
+            outputs = self.backend.detect([inputs[i][0] for i in group], search_size, threshold)
+            for index, scale, candidates in zip(group, scales, outputs):
+                results[index] = [
+                    (c, scale)
+                    for c in candidates
+                    if c.confidence >= threshold
+                    and min(c.box[2] - c.box[0], c.box[3] - c.box[1]) / scale >= options.min_face_size
+                ]
+        return results
+
+    def _finish(
+        self,
+        image: DecodedImage,
+        candidates: list[tuple[FaceCandidate, float]],
+        threshold: float,
+        options: DetectionOptions,
+    ) -> Detection:
+        detection = Detection(image=image, threshold_used=threshold)
+        faces = []
+        for candidate, scale in candidates:
+            box = candidate.box / scale
+            landmarks = candidate.landmarks / scale
+            crop = align_face(
+                image.pixels, landmarks * image.scale, self.settings.crop_size, options.crop_margin
+            )
+            variance = blur_variance(crop)
+            blurred = variance < self.settings.blur_threshold
+            if blurred and options.skip_blurred:
+                detection.blurred_faces_skipped += 1
+                continue
+            faces.append(
+                DetectedFace(
+                    box=box,
+                    landmarks=landmarks,
+                    confidence=candidate.confidence,
+                    blur_variance=variance,
+                    blurred=blurred,
+                    crop=crop if options.include_crops else None,
+                )
+            )
+        faces.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
+        if options.max_faces:
+            faces = faces[: options.max_faces]
+        if not faces and options.whole_image_fallback:
+            faces = [self._whole_image(image, options)]
+        detection.faces = faces
+        return detection
+
+    def _whole_image(self, image: DecodedImage, options: DetectionOptions) -> DetectedFace:
+        """The central square of the photo as one face, for callers that want a vector anyway."""
+        pixels = image.pixels
+        height, width = pixels.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        square = pixels[top : top + side, left : left + side]
+        size = self.settings.crop_size
+        crop = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+        variance = blur_variance(crop)
+        box = np.array([left, top, left + side, top + side], dtype=np.float64) / image.scale
+        return DetectedFace(
+            box=box,
+            landmarks=None,
+            confidence=0.0,
+            blur_variance=variance,
+            blurred=variance < self.settings.blur_threshold,
+            crop=crop if options.include_crops else None,
+            whole_image_fallback=True,
+        )
+
+
+def _size_groups(shapes: list[tuple[int, int]]) -> list[list[int]]:
+    """Groups image indices so that padding each group to its largest height and
+    width wastes at most MAX_PADDING_OVERHEAD of the group's pixels."""
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1], reverse=True)
+    groups: list[list[int]] = []
+    for index in order:
+        for group in groups:
+            members = [*group, index]
+            padded = max(shapes[i][0] for i in members) * max(shapes[i][1] for i in members)
+            real = sum(shapes[i][0] * shapes[i][1] for i in members)
+            if padded * len(members) <= real * (1 + MAX_PADDING_OVERHEAD):
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    return groups

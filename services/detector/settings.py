@@ -1,0 +1,66 @@
+"""Detector settings (environment: FACESEARCH_DETECTOR_<FIELD>; file: [detector])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from services.runtime.settings import ServiceSettings
+
+
+class DetectorSettings(ServiceSettings):
+    section = "detector"
+
+    port: int = Field(50051, ge=0, le=65535)
+    backend: Literal["mtcnn", "yolo"] = Field(
+        "mtcnn", description="mtcnn (weights ship with facenet-pytorch) or yolo (needs yolo_weights)."
+    )
+    yolo_weights: Path | None = Field(None, description="YOLOv8-face .pt file for the yolo backend.")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1 ...")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
+    workers: int = Field(2, ge=1, description="Detections run at the same time.")
+
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest encoded photo.")
+    max_image_pixels: int = Field(
+        200_000_000, ge=1, description="Largest photo in pixels (checked before decoding)."
+    )
+    max_batch_images: int = Field(64, ge=1, description="Most photos in one DetectBatch call.")
+    max_side: int = Field(
+        1280, ge=64, description="Photos are shrunk to this longer side before detection."
+    )
+
+    min_confidence: float = Field(0.9, gt=0, le=1, description="Confidence of the first pass.")
+    retry_confidences: list[float] = Field(
+        [0.8], description="Lower thresholds tried, in order, when a pass finds no face."
+    )
+    min_face_size: int = Field(20, ge=1, description="Smallest face kept, original pixels.")
+    min_detection_face_size: int = Field(
+        20, ge=12, description="Smallest face searched for in the shrunk photo, in its pixels."
+    )
+    blur_threshold: float = Field(
+        20.0, ge=0, description="Faces with a Laplacian variance below this are flagged blurred."
+    )
+    crop_size: int = Field(160, ge=32, le=1024, description="Side of the aligned crop.")
+    crop_margin: float = Field(0.1, ge=0, lt=0.5, description="Context around the face in the crop.")
+
+    @field_validator("retry_confidences")
+    @classmethod
+    def _descending_in_range(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v <= 1 for v in values):
+            raise ValueError("every retry confidence must be in (0, 1]")
+        if values != sorted(values, reverse=True) or len(set(values)) != len(values):
+            raise ValueError("retry confidences must be strictly decreasing")
+        return values
+
+    @model_validator(mode="after")
+    def _backend_ready(self) -> DetectorSettings:
+        if self.backend == "yolo":
+            if self.yolo_weights is None:
+                raise ValueError("backend=yolo needs yolo_weights (FACESEARCH_DETECTOR_YOLO_WEIGHTS)")
+            if not self.yolo_weights.is_file():
+                raise ValueError(f"yolo_weights file not found: {self.yolo_weights}")
+        if self.retry_confidences and self.retry_confidences[0] >= self.min_confidence:
+            raise ValueError("retry confidences must be below min_confidence")
+        return self

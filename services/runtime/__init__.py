@@ -1,0 +1,1 @@
+"""What every facesearch service shares: settings, logging, metrics and the gRPC server."""
