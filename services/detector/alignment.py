@@ -88,6 +88,11 @@ def _preshrink(
     new_size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
     shrunk = cv2.resize(region, new_size, interpolation=cv2.INTER_AREA)
     fx, fy = new_size[0] / (x1 - x0), new_size[1] / (y1 - y0)
-    # point in shrunk = (point in image - origin) * f  =>  image = shrunk / f + origin
-    to_image = np.array([[1 / fx, 0, x0], [0, 1 / fy, y0], [0, 0, 1]], dtype=np.float64)
+    # cv2.resize aligns pixel areas, not pixel centres: the centre of shrunk
+    # pixel i lies at (i + 0.5) / f - 0.5 in the region, so
+    # image = shrunk / f + origin + (0.5 / f - 0.5).
+    to_image = np.array(
+        [[1 / fx, 0, x0 + 0.5 / fx - 0.5], [0, 1 / fy, y0 + 0.5 / fy - 0.5], [0, 0, 1]],
+        dtype=np.float64,
+    )
     return shrunk, matrix @ to_image

@@ -22,11 +22,6 @@ from services.detector.images import DecodedImage
 from services.detector.quality import blur_variance
 from services.detector.settings import DetectorSettings
 
-# Images whose padding to a common size would waste more than this share of
-# the batch's pixels are sent in separate model calls.
-MAX_PADDING_OVERHEAD = 0.25
-
-
 @dataclass(frozen=True)
 class DetectionOptions:
     min_confidence: float
@@ -113,21 +108,20 @@ class FaceDetector:
         self, inputs: list[tuple[np.ndarray, float]], options: DetectionOptions, threshold: float
     ) -> list[list[tuple[FaceCandidate, float]]]:
         """Backend candidates per input, with their scale, filtered by face size."""
-        results: list[list[tuple[FaceCandidate, float]]] = [[] for _ in inputs]
-        for group in _size_groups([pixels.shape[:2] for pixels, _ in inputs]):
-            scales = [inputs[i][1] for i in group]
-            search_size = max(
-                self.settings.min_detection_face_size, round(options.min_face_size * min(scales))
-            )
-            outputs = self.backend.detect([inputs[i][0] for i in group], search_size, threshold)
-            for index, scale, candidates in zip(group, scales, outputs):
-                results[index] = [
-                    (c, scale)
-                    for c in candidates
-                    if c.confidence >= threshold
-                    and min(c.box[2] - c.box[0], c.box[3] - c.box[1]) / scale >= options.min_face_size
-                ]
-        return results
+        scales = [scale for _, scale in inputs]
+        search_size = max(
+            self.settings.min_detection_face_size, round(options.min_face_size * min(scales))
+        )
+        outputs = self.backend.detect([pixels for pixels, _ in inputs], search_size, threshold)
+        return [
+            [
+                (c, scale)
+                for c in candidates
+                if c.confidence >= threshold
+                and min(c.box[2] - c.box[0], c.box[3] - c.box[1]) / scale >= options.min_face_size
+            ]
+            for scale, candidates in zip(scales, outputs)
+        ]
 
     def _finish(
         self,
@@ -188,20 +182,3 @@ class FaceDetector:
             whole_image_fallback=True,
         )
 
-
-def _size_groups(shapes: list[tuple[int, int]]) -> list[list[int]]:
-    """Groups image indices so that padding each group to its largest height and
-    width wastes at most MAX_PADDING_OVERHEAD of the group's pixels."""
-    order = sorted(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1], reverse=True)
-    groups: list[list[int]] = []
-    for index in order:
-        for group in groups:
-            members = [*group, index]
-            padded = max(shapes[i][0] for i in members) * max(shapes[i][1] for i in members)
-            real = sum(shapes[i][0] * shapes[i][1] for i in members)
-            if padded * len(members) <= real * (1 + MAX_PADDING_OVERHEAD):
-                group.append(index)
-                break
-        else:
-            groups.append([index])
-    return groups

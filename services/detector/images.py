@@ -82,7 +82,9 @@ def decode_image(data: bytes, limits: ImageLimits, min_side: int | None = None) 
             f"over the limit of {limits.max_pixels} pixels"
         )
     orientation = _orientation(image)
-    if orientation in _TRANSPOSING_ORIENTATIONS:
+    # Pillow's TIFF plugin already reports the oriented size (and rotates the
+    # pixels itself on load); every other format reports the stored size.
+    if orientation in _TRANSPOSING_ORIENTATIONS and image.format != "TIFF":
         width, height = stored_height, stored_width
     else:
         width, height = stored_width, stored_height

@@ -11,12 +11,12 @@ from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
 
 # Step between the scales of the image pyramid (facenet-pytorch's default).
 PYRAMID_FACTOR = 0.709
-# Padding value for batching images of different sizes; flat black holds no face.
-PAD_VALUE = 0
 
 
 class MtcnnBackend(FaceDetectorBackend):
-    """Three-stage cascade (P-Net, R-Net, O-Net); images of a batch share its calls."""
+    """Three-stage cascade (P-Net, R-Net, O-Net). Images of the same size share
+    model calls; padding images to a common size would resample the image
+    pyramid differently and change what is found, so other sizes run apart."""
 
     name = "mtcnn"
 
@@ -43,40 +43,38 @@ class MtcnnBackend(FaceDetectorBackend):
             raise RuntimeError("MtcnnBackend.detect called before load()")
         if not images:
             return []
-        batch = _pad_to_common_size(images)
-        with torch.inference_mode():
-            boxes, points = detect_face(
-                batch,
-                max(12, min_face_size),
-                *self.nets,
-                self.stage_thresholds(min_confidence),
-                PYRAMID_FACTOR,
-                self.device,
-            )
-        results = []
-        for image, image_boxes, image_points in zip(images, boxes, points):
-            height, width = image.shape[:2]
-            faces = []
-            for box, landmarks in zip(np.asarray(image_boxes), np.asarray(image_points)):
-                clipped = np.array(
-                    [max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height)],
-                    dtype=np.float64,
+        results: list[list[FaceCandidate]] = [[] for _ in images]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(index)
+        for (height, width, _), indices in by_shape.items():
+            batch = np.stack([images[i] for i in indices])
+            with torch.inference_mode():
+                boxes, points = detect_face(
+                    batch,
+                    max(12, min_face_size),
+                    *self.nets,
+                    self.stage_thresholds(min_confidence),
+                    PYRAMID_FACTOR,
+                    self.device,
                 )
-                faces.append(
-                    FaceCandidate(
-                        box=clipped,
-                        landmarks=np.asarray(landmarks, dtype=np.float64).reshape(5, 2),
-                        confidence=float(box[4]),
-                    )
-                )
-            results.append(faces)
+            for index, image_boxes, image_points in zip(indices, boxes, points):
+                results[index] = _candidates(image_boxes, image_points, width, height)
         return results
 
 
-def _pad_to_common_size(images: list[np.ndarray]) -> np.ndarray:
-    height = max(image.shape[0] for image in images)
-    width = max(image.shape[1] for image in images)
-    batch = np.full((len(images), height, width, 3), PAD_VALUE, dtype=np.uint8)
-    for i, image in enumerate(images):
-        batch[i, : image.shape[0], : image.shape[1]] = image
-    return batch
+def _candidates(boxes, points, width: int, height: int) -> list[FaceCandidate]:
+    faces = []
+    for box, landmarks in zip(np.asarray(boxes), np.asarray(points)):
+        clipped = np.array(
+            [max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height)],
+            dtype=np.float64,
+        )
+        faces.append(
+            FaceCandidate(
+                box=clipped,
+                landmarks=np.asarray(landmarks, dtype=np.float64).reshape(5, 2),
+                confidence=float(box[4]),
+            )
+        )
+    return faces

@@ -1,0 +1,1 @@
+"""facesearch benchmarks; run them with ``make bench``, results go to bench/results/."""
