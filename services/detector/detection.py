@@ -135,9 +135,12 @@ class FaceDetector:
         for candidate, scale in candidates:
             box = candidate.box / scale
             landmarks = candidate.landmarks / scale
-            crop = align_face(
-                image.pixels, landmarks * image.scale, self.settings.crop_size, options.crop_margin
-            )
+            try:
+                crop = align_face(
+                    image.pixels, landmarks * image.scale, self.settings.crop_size, options.crop_margin
+                )
+            except ValueError:  # all landmarks at one point: nothing a face could be aligned on
+                continue
             variance = blur_variance(crop)
             blurred = variance < self.settings.blur_threshold
             if blurred and options.skip_blurred:

@@ -1,0 +1,61 @@
+"""Settings from the environment and the TOML file, validated at start."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.detector.settings import DetectorSettings
+from services.runtime.settings import SettingsError, load_settings
+
+
+def test_defaults_environment_and_file_in_order_of_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
+    defaults = load_settings(DetectorSettings)
+    assert (defaults.port, defaults.max_side, defaults.backend) == (50051, 1280, "mtcnn")
+
+    config = tmp_path / "facesearch.toml"
+    config.write_text('[detector]\nmax_side = 1600\nport = 6000\nretry_confidences = [0.85, 0.75]\n[search]\nport = 7\n')
+    monkeypatch.setenv("FACESEARCH_CONFIG", str(config))
+    from_file = load_settings(DetectorSettings)
+    assert (from_file.max_side, from_file.port, from_file.retry_confidences) == (1600, 6000, [0.85, 0.75])
+
+    monkeypatch.setenv("FACESEARCH_DETECTOR_PORT", "6001")
+    monkeypatch.setenv("FACESEARCH_DETECTOR_RETRY_CONFIDENCES", "[0.8]")
+    from_env = load_settings(DetectorSettings)
+    assert (from_env.port, from_env.max_side, from_env.retry_confidences) == (6001, 1600, [0.8])
+
+    assert load_settings(DetectorSettings, port=6002).port == 6002
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"min_confidence": 0}, ["min_confidence", "FACESEARCH_DETECTOR_MIN_CONFIDENCE"]),
+        ({"retry_confidences": [0.7, 0.8]}, ["strictly decreasing"]),
+        ({"retry_confidences": [0.95]}, ["below min_confidence"]),
+        ({"crop_margin": 0.5}, ["crop_margin"]),
+        ({"port": 70000}, ["port"]),
+        ({"backend": "yolo"}, ["FACESEARCH_DETECTOR_YOLO_WEIGHTS"]),
+        ({"backend": "yolo", "yolo_weights": "/no/such/face.pt"}, ["not found", "/no/such/face.pt"]),
+        ({"no_such_setting": 1}, ["no_such_setting"]),
+    ],
+)
+def test_invalid_settings_raise_one_readable_error(overrides, words, monkeypatch):
+    monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(DetectorSettings, **overrides)
+    message = str(caught.value)
+    assert message.startswith("invalid detector settings")
+    for word in words:
+        assert word in message
+
+
+def test_a_broken_config_file_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACESEARCH_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings(DetectorSettings)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[detector\nport = ")
+    monkeypatch.setenv("FACESEARCH_CONFIG", str(broken))
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(DetectorSettings)
