@@ -41,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     from gateway.suite import Suite, default_suite
+    from services.runtime.settings import SettingsError
 
-    suite = Suite(default_suite())
+    try:
+        suite = Suite(default_suite())
+    except SettingsError as error:
+        print(f"facesearch up: {error}", file=sys.stderr)
+        return EXIT_USAGE
     print("starting facesearch services...", file=sys.stderr)
     try:
         suite.start()

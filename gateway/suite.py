@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.detector.settings import DetectorSettings
+from services.runtime.settings import load_settings
+
 
 @dataclass
 class ServiceProcess:
@@ -27,10 +30,19 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
 
+DEFAULT_METRICS_PORTS = {"detector": 9101}
+
+
 def default_suite() -> list[ServiceProcess]:
-    """The services that make up the suite, on their default local ports."""
+    """The services that make up the suite, on their configured (or default) local ports."""
+    detector = load_settings(DetectorSettings)
     return [
-        ServiceProcess("detector", "services.detector", port=50051, metrics_port=9101),
+        ServiceProcess(
+            "detector",
+            "services.detector",
+            port=detector.port,
+            metrics_port=detector.metrics_port or DEFAULT_METRICS_PORTS["detector"],
+        ),
     ]
 
 

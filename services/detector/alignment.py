@@ -61,7 +61,7 @@ def align_face(
     (pixel coordinates of ``image``)."""
     matrix = similarity_transform(landmarks, template(size, margin))
     scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
-    if False:
+    if scale < 0.5:
         # Shrinking by more than 2x in one warp aliases; pre-shrink the face's
         # neighbourhood with area averaging first.
         image, matrix = _preshrink(image, matrix, size, scale)

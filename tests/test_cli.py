@@ -1,0 +1,60 @@
+"""The facesearch command: `up` starts the services and stops them on Ctrl-C; `detect` talks to them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO, photo_path
+from tests.test_runtime_server import free_port
+
+FACESEARCH = [sys.executable, "-m", "gateway.cli"]
+
+
+def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "FACESEARCH_DETECTOR_PORT": str(port), "FACESEARCH_DETECTOR_METRICS_PORT": str(metrics_port)}
+    log = (tmp_path / "up.log").open("w+")
+    up = subprocess.Popen([*FACESEARCH, "up"], cwd=REPO, env=env, stderr=log, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "ready" not in (tmp_path / "up.log").read_text():
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, "facesearch up did not become ready"
+            time.sleep(0.5)
+        garbage = tmp_path / "not-a-photo.jpg"
+        garbage.write_bytes(b"plain text, no image")
+        result = subprocess.run(
+            [*FACESEARCH, "detect", "--json", "--address", f"127.0.0.1:{port}",
+             str(photo_path("compreface", "011_3.jpg")), str(garbage)],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 1, result.stderr  # one photo failed
+        good, bad = (json.loads(line) for line in result.stdout.splitlines())
+        assert len(good["faces"]) == 3 and (good["width"], good["height"]) == (800, 534)
+        assert "cannot decode" in bad["error"]
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    text = (tmp_path / "up.log").read_text()
+    assert f"127.0.0.1:{port}" in text and f"{metrics_port}/metrics" in text
+    assert "stopped" in text
+    after = subprocess.run(
+        [*FACESEARCH, "detect", "--address", f"127.0.0.1:{port}", str(photo_path("compreface", "011_3.jpg"))],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert after.returncode == 3, "the detector is gone after Ctrl-C: UNAVAILABLE"
+    assert "UNAVAILABLE" in after.stderr
+
+
+def test_detect_rejects_missing_files():
+    result = subprocess.run(
+        [*FACESEARCH, "detect", "/no/such/photo.jpg"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "no such file" in result.stderr
