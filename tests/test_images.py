@@ -641,3 +641,14 @@ def test_unsupported_formats_are_named(image_format, options):
     assert "unsupported" in message
     assert image_format in message
     assert "supported: JPEG" in message
+
+
+def test_colour_key_transparency_becomes_white():
+    # An RGB PNG may mark one colour transparent (tRNS) instead of carrying alpha.
+    image = Image.new("RGB", (8, 8), (10, 20, 30))
+    image.putpixel((0, 0), (200, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=(10, 20, 30))
+    pixels = decode_image(buffer.getvalue(), ImageLimits(10**9, 10**9)).pixels
+    assert tuple(pixels[4, 4]) == (255, 255, 255)
+    assert tuple(pixels[0, 0]) == (200, 0, 0)

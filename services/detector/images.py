@@ -127,9 +127,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         grey = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in image.info
-    )
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
