@@ -10,19 +10,19 @@ import sys
 import time
 
 from tests.conftest import REPO, photo_path
-from tests.test_runtime_server import free_port
+from tests.test_runtime_server import free_ports
 
 FACESEARCH = [sys.executable, "-m", "gateway.cli"]
 
 
 def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     env = {**os.environ, "FACESEARCH_DETECTOR_PORT": str(port), "FACESEARCH_DETECTOR_METRICS_PORT": str(metrics_port)}
     log = (tmp_path / "up.log").open("w+")
     up = subprocess.Popen([*FACESEARCH, "up"], cwd=REPO, env=env, stderr=log, text=True)
     try:
         deadline = time.monotonic() + 120
-        while "ready" not in (tmp_path / "up.log").read_text():
+        while "press Ctrl-C to stop" not in (tmp_path / "up.log").read_text():
             assert up.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, "facesearch up did not become ready"
             time.sleep(0.5)

@@ -115,14 +115,20 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free right now (all held open together while chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def test_sigterm_drains_and_exits_cleanly_with_structured_logs():
-    port = free_port()
+    [port] = free_ports(1)
     env = {**os.environ, "FACESEARCH_DETECTOR_PORT": str(port), "FACESEARCH_DETECTOR_LOG_FORMAT": "json"}
     process = subprocess.Popen(
         [sys.executable, "-m", "services.detector"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True

@@ -34,5 +34,5 @@ def run(settings: DetectorSettings) -> None:
     """Runs the detector until SIGTERM or Ctrl-C."""
     configure_logging("detector", settings.log_level, settings.log_format)
     server = build_server(settings)
-    log.info("detector ready", extra={"backend": settings.backend, "device": settings.device})
+    log.info("detector model loaded", extra={"backend": settings.backend, "device": settings.device})
     asyncio.run(server.serve_until_signalled())
