@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,18 @@ def photo_path(set_name: str, name: str) -> Path:
 
 def photo_bytes(set_name: str, name: str) -> bytes:
     return photo_path(set_name, name).read_bytes()
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free right now (all held open together while chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def start_detector(**overrides) -> BackgroundServer:

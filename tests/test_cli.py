@@ -9,8 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, photo_path
-from tests.test_runtime_server import free_ports
+from tests.conftest import REPO, free_ports, photo_path
 
 FACESEARCH = [sys.executable, "-m", "gateway.cli"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, photo_bytes, start_detector
+from tests.conftest import REPO, free_ports, photo_bytes, start_detector
 
 DETECTOR = "facesearch.v1.Detector"
 
@@ -113,18 +112,6 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
                 detector_pb2.DetectRequest(image=common_pb2.Image(content=big)), timeout=5
             )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free right now (all held open together while chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def test_sigterm_drains_and_exits_cleanly_with_structured_logs():
