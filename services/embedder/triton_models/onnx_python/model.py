@@ -1,0 +1,104 @@
+"""Triton python-backend model: an ONNX embedding model run with ONNX Runtime on the CPU.
+
+This file is not imported by facesearch itself. ``services.embedder.model_repository``
+copies it into a Triton model repository as ``<repo>/<model>/<version>/model.py``,
+beside the ``model.onnx`` it serves, and Triton's python-backend stub process runs it.
+
+Contract (the model's config.pbtxt, written by ``model_repository.write_model``):
+
+- input ``crops``: UINT8, dims [160, 160, 3] (aligned RGB face crops), batched;
+- output ``embeddings``: FP32, dims [512], one row per crop;
+- parameter ``intra_op_num_threads`` (string, default "1"): ONNX Runtime's threads per
+  model instance. Scale with ``instance_group { count }`` rather than threads.
+
+``model.onnx`` takes the batch of crops as its first input and returns the embeddings as
+its first output; the ONNX tensor names need not be "crops" and "embeddings".
+
+With dynamic batching Triton hands ``execute`` several requests at once, each with a
+batch of one or more crops. They are concatenated, run through ONNX Runtime once, and
+the result rows are split back per request in order. A request that cannot be read, or
+a batch that ONNX Runtime fails on, gets an error response (a ``TritonError`` the client
+sees as ``InferenceServerException``); the model itself keeps serving.
+
+Tensors cross between Triton and numpy through DLPack only (``np.from_dlpack`` and
+``pb_utils.Tensor.from_dlpack``), never ``Tensor.as_numpy()`` or ``pb_utils.Tensor(name,
+array)``: the python-backend stub bundled with Triton 2.51 (nvidia-pytriton 0.7.0) was
+built against numpy 1.x, and its own numpy conversions are wrong under numpy 2 (most
+likely its pybind11 reads numpy 1's dtype struct layout). Measured with numpy 2.4: ``as_numpy()`` silently returned wrong values (a uint8 input [1..6]
+came back as all ones), and ``Tensor(name, array)`` sent an empty output. DLPack goes
+through numpy's stable protocol and works with numpy 1.22+ and 2.x alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+INPUT_NAME = "crops"
+OUTPUT_NAME = "embeddings"
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        parameters = config.get("parameters", {})
+        threads = int(parameters.get("intra_op_num_threads", {}).get("string_value", "1"))
+
+        # args["model_repository"] is this model's folder, e.g. <repo>/facenet.
+        self.onnx_path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
+        self.onnx_input = self.session.get_inputs()[0].name
+        self.onnx_output = self.session.get_outputs()[0].name
+        pb_utils.Logger.log_info(
+            f"{args['model_name']} ({args['model_instance_name']}): {self.onnx_path} with "
+            f"onnxruntime {ort.__version__}, numpy {np.__version__}, {threads} intra-op thread(s)"
+        )
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        batches: list[np.ndarray] = []
+        owners: list[int] = []  # index into requests of each entry in batches
+
+        for index, request in enumerate(requests):
+            try:
+                tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+                if tensor is None:
+                    raise ValueError(f"input '{INPUT_NAME}' is missing")
+                crops = np.from_dlpack(tensor)  # zero-copy view of the request's input
+                if crops.dtype != np.uint8 or crops.ndim != 4:
+                    raise ValueError(f"'{INPUT_NAME}' must be uint8 [N,H,W,C], got {crops.dtype} {list(crops.shape)}")
+                batches.append(crops)
+                owners.append(index)
+            except Exception as error:  # noqa: BLE001 - reported to that request's client
+                responses[index] = _error(f"bad request: {error}")
+
+        if batches:
+            try:
+                batch = batches[0] if len(batches) == 1 else np.concatenate(batches)
+                rows = self.session.run([self.onnx_output], {self.onnx_input: batch})[0]
+                rows = np.ascontiguousarray(rows, dtype=np.float32)
+                if rows.shape[0] != batch.shape[0]:
+                    raise RuntimeError(f"model returned {rows.shape[0]} rows for {batch.shape[0]} crops")
+                ends = np.cumsum([crops.shape[0] for crops in batches])
+                for index, part in zip(owners, np.split(rows, ends[:-1])):
+                    responses[index] = pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT_NAME, part)]
+                    )
+            except Exception as error:  # noqa: BLE001 - the whole batch failed
+                for index in owners:
+                    responses[index] = _error(f"onnxruntime failed: {error}")
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
