@@ -47,6 +47,11 @@ class GrpcServer:
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Runs ``callback`` after the server has stopped (to close stores, flush files)."""
+        self._on_stop.append(callback)
 
     async def start(self) -> int:
         limit = self.settings.max_message_mb * 1024 * 1024
@@ -97,6 +102,8 @@ class GrpcServer:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
             self._metrics_http = None
+        for callback in self._on_stop:
+            callback()
         log.info("stopped")
 
     async def serve_until_signalled(self) -> None:

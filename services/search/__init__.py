@@ -1,0 +1,1 @@
+"""The search service: face vectors and their payload in Qdrant."""

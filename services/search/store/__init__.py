@@ -1,0 +1,1 @@
+"""Face vector stores behind one interface: ``FaceStore``."""

@@ -1,0 +1,108 @@
+"""The qdrant backend: qdrant-client against a Qdrant server (``url``), or its
+local mode (a folder or ``:memory:``) for small set-ups and tests. Both speak
+the same client calls, so the local mode exercises the server path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from services.search.store.base import KEYWORD_FIELDS, Conditions, FaceStore, ScoredFace, StoredFace, as_vector
+
+
+class QdrantFaceStore(FaceStore):
+    def __init__(
+        self, url: str | None = None, path: str = ":memory:", *, hnsw_m: int = 16,
+        hnsw_ef_construct: int = 128, hnsw_ef: int = 128, timeout_s: int = 30,
+    ) -> None:
+        if url:
+            self.client = QdrantClient(url=url, timeout=timeout_s)
+        elif path == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        else:
+            self.client = QdrantClient(path=path)
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construct = hnsw_ef_construct
+        self.hnsw_ef = hnsw_ef
+
+    def ensure_collection(self, name: str, size: int) -> None:
+        if self.client.collection_exists(name):
+            return
+        self.client.create_collection(
+            name,
+            vectors_config=models.VectorParams(size=size, distance=models.Distance.COSINE),
+            hnsw_config=models.HnswConfigDiff(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, payload_m=16),
+        )
+        for field in KEYWORD_FIELDS:
+            schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant")
+            self.client.create_payload_index(name, field_name=field, field_schema=schema)
+
+    def collections(self) -> list[str]:
+        return sorted(c.name for c in self.client.get_collections().collections)
+
+    def upsert(self, name: str, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
+        points = [
+            models.PointStruct(id=point_id, vector=[float(v) for v in vector], payload=payload)
+            for point_id, vector, payload in zip(ids, vectors, payloads, strict=True)
+        ]
+        self.client.upsert(name, points=points, wait=True)
+
+    def query(
+        self, name: str, vectors: np.ndarray, limit: int, conditions: Conditions,
+        score_threshold: float | None = None, with_vectors: bool = False, exact: bool = False,
+    ) -> list[list[ScoredFace]]:
+        requests = [
+            models.QueryRequest(
+                query=[float(v) for v in vector],
+                filter=_filter(conditions),
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vector=with_vectors,
+                params=models.SearchParams(hnsw_ef=max(self.hnsw_ef, limit), exact=exact),
+            )
+            for vector in vectors
+        ]
+        responses = self.client.query_batch_points(name, requests=requests)
+        return [
+            [ScoredFace(str(p.id), float(p.score), as_vector(p.vector), dict(p.payload or {})) for p in response.points]
+            for response in responses
+        ]
+
+    def delete(self, name: str, conditions: Conditions) -> int:
+        matching = self.count(name, conditions)
+        if matching:
+            self.client.delete(name, points_selector=models.FilterSelector(filter=_filter(conditions)), wait=True)
+        return matching
+
+    def count(self, name: str, conditions: Conditions) -> int:
+        return int(self.client.count(name, count_filter=_filter(conditions), exact=True).count)
+
+    def scroll(
+        self, name: str, conditions: Conditions, limit: int, offset: str | None, with_vectors: bool = False
+    ) -> tuple[list[StoredFace], str | None]:
+        records, next_offset = self.client.scroll(
+            name, scroll_filter=_filter(conditions), limit=limit, offset=offset,
+            with_payload=True, with_vectors=with_vectors,
+        )
+        faces = [StoredFace(str(r.id), as_vector(r.vector), dict(r.payload or {})) for r in records]
+        return faces, None if next_offset is None else str(next_offset)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _filter(conditions: Conditions) -> models.Filter | None:
+    must: list[Any] = [
+        models.FieldCondition(
+            key=key,
+            match=models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=list(values)),
+        )
+        for key, values in conditions.match_any.items()
+    ]
+    if conditions.ids is not None:
+        must.append(models.HasIdCondition(has_id=list(conditions.ids)))
+    return models.Filter(must=must) if must else None
+
