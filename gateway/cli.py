@@ -9,7 +9,10 @@ from pathlib import Path
 
 import grpc
 
+from services.embedder.provisioning import FLAVOURS
+
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_SOME_PHOTOS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
@@ -27,6 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     detector_commands.add_parser("serve", help="run the detector in this process").set_defaults(
         handler=_detector_serve
     )
+
+    embedder = commands.add_parser("embedder", help="the embedder service (FaceNet on Triton)")
+    embedder_commands = embedder.add_subparsers(dest="embedder_command", required=True, metavar="ACTION")
+    embedder_serve = embedder_commands.add_parser(
+        "serve", help="prepare the models if needed, then run Triton on them until Ctrl-C"
+    )
+    embedder_serve.add_argument("--force", action="store_true", help="remake the model files first")
+    embedder_serve.set_defaults(handler=_embedder_serve)
+
+    models = commands.add_parser("models", help="the embedder's Triton model repositories")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    prepare = models_commands.add_parser(
+        "prepare", help="convert the weights and write the model repositories (only what is missing or stale)"
+    )
+    prepare.add_argument("--force", action="store_true", help="rewrite every file, even those up to date")
+    prepare.add_argument(
+        "--flavour", action="append", choices=FLAVOURS, metavar="FLAVOUR",
+        help=f"only this flavour (repeatable; default: all of {', '.join(FLAVOURS)})",
+    )
+    prepare.set_defaults(handler=_models_prepare)
 
     detect = commands.add_parser("detect", help="find the faces in photos with a running detector")
     detect.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
@@ -48,7 +71,10 @@ def _up(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"facesearch up: {error}", file=sys.stderr)
         return EXIT_USAGE
-    print("starting facesearch services...", file=sys.stderr)
+    print(
+        "starting facesearch services... (the embedder's first start converts the FaceNet weights: ~30 s)",
+        file=sys.stderr,
+    )
     try:
         suite.start()
     except RuntimeError as error:
@@ -56,7 +82,8 @@ def _up(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     for service in suite.services:
         print(
-            f"  {service.name:<10} grpc {service.address}   metrics http://127.0.0.1:{service.metrics_port}/metrics",
+            f"  {service.name:<10} grpc {service.address}   metrics http://127.0.0.1:{service.metrics_port}/metrics"
+            f"{service.extra}",
             file=sys.stderr,
         )
     print("ready; press Ctrl-C to stop", file=sys.stderr)
@@ -74,6 +101,42 @@ def _detector_serve(args: argparse.Namespace) -> int:
     from services.runtime.entrypoint import run_service
 
     run_service(DetectorSettings, run)
+    return EXIT_OK
+
+
+def _embedder_serve(args: argparse.Namespace) -> int:
+    from services.embedder.serve import main as serve
+
+    return serve(force=args.force)
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    from services.embedder.provisioning import ProvisioningError, describe, prepare_models
+    from services.embedder.settings import EmbedderSettings
+    from services.runtime.logs import configure_logging
+    from services.runtime.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(EmbedderSettings)
+    except SettingsError as error:
+        print(f"facesearch models prepare: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging("embedder", settings.log_level, "text")  # progress on stderr
+    try:
+        manifest = prepare_models(settings, force=args.force, flavours=args.flavour)
+    except ProvisioningError as error:
+        print(f"facesearch models prepare: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if manifest.up_to_date:
+        print(f"all models up to date in {manifest.repository} ({len(manifest.verified)} files verified)")
+    else:
+        for path in manifest.written:
+            print(f"wrote {path}")
+        for path in manifest.removed:
+            print(f"removed {path}")
+        print(f"updated {manifest.path}")
+    for line in describe(manifest, args.flavour or FLAVOURS):
+        print(f"  {line}")
     return EXIT_OK
 
 

@@ -1,4 +1,11 @@
-"""Runs the facesearch services on localhost as child processes (``facesearch up``)."""
+"""Runs the facesearch services on localhost as child processes (``facesearch up``).
+
+Each service is ``python -m <module>`` with its ports in the environment. The gRPC services
+are ready when grpc.health.v1 says SERVING; the embedder is Triton, which does not implement
+that protocol, so it is ready when Triton says the server and its model are ready. The
+embedder's first start converts the FaceNet weights and writes its model repository
+(``facesearch models prepare``) before Triton starts: about half a minute on a small machine.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.detector.settings import DetectorSettings
+from services.embedder.settings import EmbedderSettings
 from services.runtime.settings import load_settings
 
 
@@ -24,18 +33,24 @@ class ServiceProcess:
     metrics_port: int
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    # Waits until the started service answers: (service, timeout_s); default grpc.health.v1.
+    wait_ready: Callable[[ServiceProcess, float], None] | None = None
+    startup_timeout_s: float | None = None  # default: the suite's
+    extra: str = ""  # more to print beside its addresses
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
 
-DEFAULT_METRICS_PORTS = {"detector": 9101}
+DEFAULT_METRICS_PORTS = {"detector": 9101, "embedder": 8002}
+EMBEDDER_STARTUP_TIMEOUT_S = 600.0  # the first start converts the weights before Triton starts
 
 
 def default_suite() -> list[ServiceProcess]:
     """The services that make up the suite, on their configured (or default) local ports."""
     detector = load_settings(DetectorSettings)
+    embedder = load_settings(EmbedderSettings)
     return [
         ServiceProcess(
             "detector",
@@ -43,7 +58,43 @@ def default_suite() -> list[ServiceProcess]:
             port=detector.port,
             metrics_port=detector.metrics_port or DEFAULT_METRICS_PORTS["detector"],
         ),
+        ServiceProcess(
+            "embedder",
+            "services.embedder",
+            port=embedder.port,
+            metrics_port=embedder.metrics_port or DEFAULT_METRICS_PORTS["embedder"],
+            env={"FACESEARCH_EMBEDDER_HTTP_PORT": str(embedder.http_port)},
+            wait_ready=triton_ready(embedder.model_id, embedder.model_version),
+            startup_timeout_s=max(EMBEDDER_STARTUP_TIMEOUT_S, embedder.startup_timeout_s),
+            extra=f"  http http://127.0.0.1:{embedder.http_port}  (Triton, model {embedder.model_id}, "
+            f"{embedder.flavour})",
+        ),
     ]
+
+
+def triton_ready(model: str, version: str) -> Callable[[ServiceProcess, float], None]:
+    """Readiness of a Triton server: the server and ``model`` (that version) are ready."""
+
+    def wait(service: ServiceProcess, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.monotonic() + timeout_s
+        with grpcclient.InferenceServerClient(service.address) as client:
+            while time.monotonic() < deadline:
+                if service.process is not None and service.process.poll() is not None:
+                    raise RuntimeError(f"exited with status {service.process.returncode} before serving")
+                try:
+                    if client.is_server_ready(client_timeout=1) and client.is_model_ready(
+                        model, version, client_timeout=1
+                    ):
+                        return
+                except InferenceServerException:
+                    pass  # not listening yet
+                time.sleep(0.2)
+        raise TimeoutError(f"{service.address} not ready (Triton, model {model}) after {timeout_s:.0f} s")
+
+    return wait
 
 
 def wait_until_serving(address: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
@@ -82,8 +133,12 @@ class Suite:
             env.setdefault(f"{prefix}LOG_FORMAT", "text")
             service.process = subprocess.Popen([sys.executable, "-m", service.module], env=env)
         for service in self.services:
+            timeout_s = service.startup_timeout_s or self.startup_timeout_s
             try:
-                wait_until_serving(service.address, self.startup_timeout_s, service.process)
+                if service.wait_ready is not None:
+                    service.wait_ready(service, timeout_s)
+                else:
+                    wait_until_serving(service.address, timeout_s, service.process)
             except (TimeoutError, RuntimeError) as error:
                 self.stop()
                 raise RuntimeError(f"{service.name}: {error}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,12 +16,21 @@ FACESEARCH = [sys.executable, "-m", "gateway.cli"]
 
 
 def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
-    port, metrics_port = free_ports(2)
-    env = {**os.environ, "FACESEARCH_DETECTOR_PORT": str(port), "FACESEARCH_DETECTOR_METRICS_PORT": str(metrics_port)}
+    port, metrics_port, triton_port, triton_http_port, triton_metrics_port = free_ports(5)
+    env = {
+        **os.environ,
+        "FACESEARCH_DETECTOR_PORT": str(port),
+        "FACESEARCH_DETECTOR_METRICS_PORT": str(metrics_port),
+        # The embedder (Triton) on free ports too, its models prepared (converted) in tmp_path.
+        "FACESEARCH_EMBEDDER_PORT": str(triton_port),
+        "FACESEARCH_EMBEDDER_HTTP_PORT": str(triton_http_port),
+        "FACESEARCH_EMBEDDER_METRICS_PORT": str(triton_metrics_port),
+        "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(tmp_path / "models"),
+    }
     log = (tmp_path / "up.log").open("w+")
     up = subprocess.Popen([*FACESEARCH, "up"], cwd=REPO, env=env, stderr=log, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while "press Ctrl-C to stop" not in (tmp_path / "up.log").read_text():
             assert up.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, "facesearch up did not become ready"
@@ -43,13 +53,17 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
             up.kill()
     text = (tmp_path / "up.log").read_text()
     assert f"127.0.0.1:{port}" in text and f"{metrics_port}/metrics" in text
+    assert f"127.0.0.1:{triton_port}" in text and f"{triton_metrics_port}/metrics" in text
     assert "stopped" in text
+    assert (tmp_path / "models" / "onnx-python" / "facenet-casia" / "1" / "model.onnx").is_file()
     after = subprocess.run(
         [*FACESEARCH, "detect", "--address", f"127.0.0.1:{port}", str(photo_path("compreface", "011_3.jpg"))],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert after.returncode == 3, "the detector is gone after Ctrl-C: UNAVAILABLE"
     assert "UNAVAILABLE" in after.stderr
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", triton_port)) != 0, "Triton is gone after Ctrl-C too"
 
 
 def test_detect_rejects_missing_files():

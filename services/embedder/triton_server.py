@@ -39,7 +39,7 @@ import sys
 import sysconfig
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
@@ -123,7 +123,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 class TritonServer:
     """A ``tritonserver`` child process serving ``model_repository``.
 
-    Ports of 0 are replaced by free ones at ``start``. Everything Triton writes (its log
+    Ports of 0 are replaced by free ones at ``start``; a ``metrics_port`` of None turns
+    Triton's metrics off. Everything Triton writes (its log
     and the stubs' output) goes to ``<work_dir>/triton.log``; the backend directory is
     built in ``<work_dir>/backends``.
     """
@@ -136,7 +137,7 @@ class TritonServer:
         host: str = "127.0.0.1",
         grpc_port: int = 0,
         http_port: int = 0,
-        metrics_port: int = 0,
+        metrics_port: int | None = 0,
         startup_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
         log_verbose: int = 0,
@@ -167,6 +168,15 @@ class TritonServer:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
+        if self.metrics_port is None:
+            metrics = ["--allow-metrics=false"]
+        else:
+            metrics = [
+                "--allow-metrics=true",
+                "--allow-gpu-metrics=false",
+                f"--metrics-address={self.host}",
+                f"--metrics-port={self.metrics_port}",
+            ]
         return [
             str(tritonserver_binary()),
             f"--model-repository={self.model_repository}",
@@ -178,10 +188,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--http-address={self.host}",
             f"--http-port={self.http_port}",
-            "--allow-metrics=true",
-            "--allow-gpu-metrics=false",
-            f"--metrics-address={self.host}",
-            f"--metrics-port={self.metrics_port}",
+            *metrics,
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={max(1, int(self.stop_timeout_s) - 1)}",  # before our SIGKILL
             *self.extra_args,
@@ -197,9 +204,10 @@ class TritonServer:
         prepare_backends(self.work_dir / "backends")
         self.grpc_port = self.grpc_port or free_port(self.host)
         self.http_port = self.http_port or free_port(self.host)
-        self.metrics_port = self.metrics_port or free_port(self.host)
-        while len({self.grpc_port, self.http_port, self.metrics_port}) < 3:
-            self.metrics_port = free_port(self.host)
+        if self.metrics_port is not None:
+            self.metrics_port = self.metrics_port or free_port(self.host)
+            while len({self.grpc_port, self.http_port, self.metrics_port}) < 3:
+                self.metrics_port = free_port(self.host)
 
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -220,27 +228,9 @@ class TritonServer:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
-            while True:
-                code = self.process.poll()
-                if code is not None:
-                    raise TritonError(f"tritonserver exited with code {code} while starting\n{self.log_tail()}")
-                try:
-                    if client.is_server_ready(client_timeout=2.0) and self._models_ready(client):
-                        return
-                except InferenceServerException:
-                    pass  # not listening yet
-                if time.monotonic() > deadline:
-                    raise TritonError(
-                        f"tritonserver was not ready within {self.startup_timeout_s:g} s\n{self.log_tail()}"
-                    )
-                time.sleep(0.1)
-
-    @staticmethod
-    def _models_ready(client: grpcclient.InferenceServerClient) -> bool:
-        index = client.get_model_repository_index(client_timeout=2.0)
-        return all(client.is_model_ready(model.name, client_timeout=2.0) for model in index.models)
+        wait_until_ready(
+            self.grpc_url, self.startup_timeout_s, process=self.process, log_tail=self.log_tail
+        )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL to its process group after ``stop_timeout_s``."""
@@ -264,6 +254,43 @@ class TritonServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def wait_until_ready(
+    url: str,
+    timeout_s: float,
+    models: Sequence[str] | None = None,
+    *,
+    process: subprocess.Popen | None = None,
+    log_tail: Callable[[], str] | None = None,
+    process_name: str = "tritonserver",
+) -> None:
+    """Polls the Triton server at ``url`` (gRPC) until it is ready and so is every model in
+    ``models`` (default: every model in its repository index). Raises TritonError when
+    ``process`` (the server, or whatever runs it: ``process_name``) exits first or the time
+    runs out; ``log_tail`` gives text to add to the error."""
+    deadline = time.monotonic() + timeout_s
+    tail = (lambda: "\n" + log_tail()) if log_tail else (lambda: "")
+    with grpcclient.InferenceServerClient(url) as client:
+        while True:
+            code = None if process is None else process.poll()
+            if code is not None:
+                raise TritonError(f"{process_name} exited with code {code} while starting{tail()}")
+            try:
+                if client.is_server_ready(client_timeout=2.0) and _models_ready(client, models):
+                    return
+            except InferenceServerException:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise TritonError(f"tritonserver at {url} was not ready within {timeout_s:g} s{tail()}")
+            time.sleep(0.1)
+
+
+def _models_ready(client: grpcclient.InferenceServerClient, models: Sequence[str] | None) -> bool:
+    if models is None:
+        index = client.get_model_repository_index(client_timeout=2.0)
+        models = [model.name for model in index.models]
+    return all(client.is_model_ready(name, client_timeout=2.0) for name in models)
 
 
 def _terminate(process: subprocess.Popen, timeout_s: float) -> None:

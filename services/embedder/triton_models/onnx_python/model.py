@@ -27,10 +27,17 @@ built against numpy 1.x, and its own numpy conversions are wrong under numpy 2 (
 likely its pybind11 reads numpy 1's dtype struct layout). Measured with numpy 2.4: ``as_numpy()`` silently returned wrong values (a uint8 input [1..6]
 came back as all ones), and ``Tensor(name, array)`` sent an empty output. DLPack goes
 through numpy's stable protocol and works with numpy 1.22+ and 2.x alike.
+
+One wrinkle of that stub: having taken over an output's DLPack capsule, it renames the
+capsule "used_dlpack" instead of the "used_dltensor" the DLPack protocol names, and numpy's
+capsule destructor, not recognising it, printed a harmless "PyCapsule_GetPointer called
+with incorrect name" traceback into Triton's log for every response. ``_output_tensor``
+gives the consumed capsule the protocol's name.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 
@@ -40,6 +47,14 @@ import triton_python_backend_utils as pb_utils
 
 INPUT_NAME = "crops"
 OUTPUT_NAME = "embeddings"
+
+_capsule_get_name = ctypes.pythonapi.PyCapsule_GetName
+_capsule_get_name.argtypes = [ctypes.py_object]
+_capsule_get_name.restype = ctypes.c_char_p
+_capsule_set_name = ctypes.pythonapi.PyCapsule_SetName
+_capsule_set_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capsule_set_name.restype = ctypes.c_int
+_USED_DLTENSOR = b"used_dltensor"  # a module global: the capsule keeps a pointer to these bytes
 
 
 class TritonPythonModel:
@@ -89,7 +104,7 @@ class TritonPythonModel:
                 ends = np.cumsum([crops.shape[0] for crops in batches])
                 for index, part in zip(owners, np.split(rows, ends[:-1])):
                     responses[index] = pb_utils.InferenceResponse(
-                        output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT_NAME, part)]
+                        output_tensors=[_output_tensor(OUTPUT_NAME, part)]
                     )
             except Exception as error:  # noqa: BLE001 - the whole batch failed
                 for index in owners:
@@ -98,6 +113,16 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.session = None
+
+
+def _output_tensor(name: str, array: np.ndarray):
+    """``pb_utils.Tensor.from_dlpack(name, array)``, then the consumed capsule renamed as the
+    DLPack protocol says, so that numpy's destructor leaves it alone quietly (see above)."""
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    if _capsule_get_name(capsule) != b"dltensor":  # taken over by the stub
+        _capsule_set_name(capsule, _USED_DLTENSOR)
+    return tensor
 
 
 def _error(message: str):

