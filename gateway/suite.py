@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.detector.settings import DetectorSettings
 from services.embedder.settings import EmbedderSettings
 from services.runtime.settings import load_settings
+from services.search.settings import SearchSettings
 
 
 @dataclass
@@ -43,7 +44,7 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
 
-DEFAULT_METRICS_PORTS = {"detector": 9101, "embedder": 8002}
+DEFAULT_METRICS_PORTS = {"detector": 9101, "embedder": 8002, "search": 9102}
 EMBEDDER_STARTUP_TIMEOUT_S = 600.0  # the first start converts the weights before Triton starts
 
 
@@ -51,6 +52,7 @@ def default_suite() -> list[ServiceProcess]:
     """The services that make up the suite, on their configured (or default) local ports."""
     detector = load_settings(DetectorSettings)
     embedder = load_settings(EmbedderSettings)
+    search = load_settings(SearchSettings)
     return [
         ServiceProcess(
             "detector",
@@ -68,6 +70,13 @@ def default_suite() -> list[ServiceProcess]:
             startup_timeout_s=max(EMBEDDER_STARTUP_TIMEOUT_S, embedder.startup_timeout_s),
             extra=f"  http http://127.0.0.1:{embedder.http_port}  (Triton, model {embedder.model_id}, "
             f"{embedder.flavour})",
+        ),
+        ServiceProcess(
+            "search",
+            "services.search",
+            port=search.port,
+            metrics_port=search.metrics_port or DEFAULT_METRICS_PORTS["search"],
+            extra=f"  ({search.backend} store in {search.path})" if search.backend == "edge" else "",
         ),
     ]
 

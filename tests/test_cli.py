@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 
+import grpc
+from facesearch.v1 import search_pb2, search_pb2_grpc
+
 from tests.conftest import REPO, free_ports, photo_path
 
 FACESEARCH = [sys.executable, "-m", "gateway.cli"]
 
 
 def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
-    port, metrics_port, triton_port, triton_http_port, triton_metrics_port = free_ports(5)
+    port, metrics_port, triton_port, triton_http_port, triton_metrics_port, search_port, search_metrics = free_ports(7)
     env = {
         **os.environ,
         "FACESEARCH_DETECTOR_PORT": str(port),
@@ -26,6 +29,9 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
         "FACESEARCH_EMBEDDER_HTTP_PORT": str(triton_http_port),
         "FACESEARCH_EMBEDDER_METRICS_PORT": str(triton_metrics_port),
         "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(tmp_path / "models"),
+        "FACESEARCH_SEARCH_PORT": str(search_port),
+        "FACESEARCH_SEARCH_METRICS_PORT": str(search_metrics),
+        "FACESEARCH_SEARCH_PATH": str(tmp_path / "search"),
     }
     log = (tmp_path / "up.log").open("w+")
     up = subprocess.Popen([*FACESEARCH, "up"], cwd=REPO, env=env, stderr=log, text=True)
@@ -46,6 +52,9 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
         good, bad = (json.loads(line) for line in result.stdout.splitlines())
         assert len(good["faces"]) == 3 and (good["width"], good["height"]) == (800, 534)
         assert "cannot decode" in bad["error"]
+        with grpc.insecure_channel(f"127.0.0.1:{search_port}") as channel:
+            count = search_pb2_grpc.SearchStub(channel).Count(search_pb2.CountRequest(tenant="me"), timeout=30)
+        assert count.count == 0
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     finally:
@@ -54,6 +63,7 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
     text = (tmp_path / "up.log").read_text()
     assert f"127.0.0.1:{port}" in text and f"{metrics_port}/metrics" in text
     assert f"127.0.0.1:{triton_port}" in text and f"{triton_metrics_port}/metrics" in text
+    assert f"127.0.0.1:{search_port}" in text and f"{search_metrics}/metrics" in text
     assert "stopped" in text
     assert (tmp_path / "models" / "onnx-python" / "facenet-casia" / "1" / "model.onnx").is_file()
     after = subprocess.run(
@@ -62,8 +72,9 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
     )
     assert after.returncode == 3, "the detector is gone after Ctrl-C: UNAVAILABLE"
     assert "UNAVAILABLE" in after.stderr
-    with socket.socket() as sock:
-        assert sock.connect_ex(("127.0.0.1", triton_port)) != 0, "Triton is gone after Ctrl-C too"
+    for gone in (triton_port, search_port):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", gone)) != 0, "every service is gone after Ctrl-C"
 
 
 def test_detect_rejects_missing_files():
