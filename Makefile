@@ -17,8 +17,11 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Run the benchmarks; results are written under bench/results/.
+## (The search benchmark at 1M points: $(PY) -m bench.search_latency --points 1000000, about an hour.)
 bench: venv
 	$(PY) -m bench.detector_throughput
+	$(PY) -m bench.embedder_throughput
+	$(PY) -m bench.search_latency --points 100000
 
 ## Regenerate the Python code for protos/ (committed; a test fails when it is stale).
 protos: venv
