@@ -31,6 +31,7 @@ from services.embedder.base import (
     gather_all,
     remaining_s,
 )
+from services.embedder.model_repository import model_file
 from services.embedder.settings import EmbedderSettings
 
 FLAVOUR = "onnx-python"  # the model repository folder holding the ONNX models
@@ -38,7 +39,8 @@ FLAVOUR = "onnx-python"  # the model repository folder holding the ONNX models
 
 def onnx_model_path(settings: EmbedderSettings) -> Path:
     """Where ``facesearch models prepare`` puts the ONNX file of the settings' pinned model."""
-    return Path(settings.model_repository) / FLAVOUR / settings.model_id / settings.model_version / "model.onnx"
+    relpath = model_file(FLAVOUR, settings.model_id, settings.model_version, "model.onnx")
+    return Path(settings.model_repository) / relpath
 
 
 class InProcessEmbedder(Embedder):

@@ -24,6 +24,12 @@ from pathlib import Path
 PYTHON_MODEL = Path(__file__).resolve().parent / "triton_models" / "onnx_python" / "model.py"
 TORCH_PYTHON_MODEL = Path(__file__).resolve().parent / "triton_models" / "torch_python" / "model.py"
 
+def model_file(flavour: str, model_id: str, version: str | int, name: str) -> str:
+    """Where a model's file lies in the model repository, relative to its root:
+    ``<flavour>/<model id>/<version>/<name>`` (one Triton repository per flavour)."""
+    return f"{flavour}/{model_id}/{version}/{name}"
+
+
 CROP_DIMS = (160, 160, 3)
 EMBEDDING_DIMS = (512,)
 

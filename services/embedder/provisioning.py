@@ -268,7 +268,7 @@ class _Preparation:
         folder = f"{flavour}/{s.model_id}"
         planned = [_Planned(f"{folder}/config.pbtxt", content=config.encode())]
         for name, made in files:
-            relpath = f"{folder}/{s.model_version}/{name}"
+            relpath = model_repository.model_file(flavour, s.model_id, s.model_version, name)
             if isinstance(made, bytes):
                 planned.append(_Planned(relpath, content=made))
             else:
