@@ -112,6 +112,27 @@ def test_filters_by_person_photo_and_source(index, gallery):
     assert index.count("acme", MODEL, FaceFilter(person_ids=("person-1",), source="gallery")) == FACES_PER_PERSON - 1
 
 
+def test_filters_by_photo_hash_and_face_position(index, gallery):
+    vectors, _, _ = gallery
+    by_hash = FaceFilter(photo_hashes=("hash-2", "hash-9"))
+    [hits] = index.query("acme", MODEL, SIZE, [vectors[0].tolist()], top_k=50, face_filter=by_hash)
+    assert sorted(h.payload["photo_hash"] for h in hits) == ["hash-2"] * 2 + ["hash-9"] * 2
+    # Face 0 of every photo: one face per photo, which is how photos are counted.
+    photos = len(vectors) // 2
+    assert index.count("acme", MODEL, FaceFilter(face_index=0)) == photos
+    assert index.count("acme", MODEL, FaceFilter(face_index=1, photo_hashes=("hash-3",))) == 1
+    with pytest.raises(InvalidRequest, match="face_index"):
+        index.count("acme", MODEL, FaceFilter(face_index=-1))
+
+
+def test_metadata_and_person_name_round_trip(index):
+    vector = np.ones(SIZE, np.float32) / np.sqrt(SIZE)
+    payload = {"photo_hash": "h", "person_id": "p-1", "person_name": "Ada", "metadata": {"album": "2019"}}
+    index.upsert("acme", MODEL, SIZE, [NewFace(vector=vector, payload=payload)])
+    [hits] = index.query("acme", MODEL, SIZE, [vector.tolist()], top_k=1)
+    assert hits[0].payload["person_name"] == "Ada" and hits[0].payload["metadata"] == {"album": "2019"}
+
+
 def test_score_threshold_cuts_the_list(index, gallery):
     vectors, _, _ = gallery
     [hits] = index.query("acme", MODEL, SIZE, [vectors[0].tolist()], top_k=50, score_threshold=0.5)

@@ -37,6 +37,7 @@ def face(seed: int, photo: str, index: int = 0, person: str = "", source=search_
             photo_id=photo, photo_uri=f"file:///{photo}.jpg", photo_hash=f"sha-{photo}", face_index=index,
             box=common_pb2.BoundingBox(x_min=10, y_min=20, x_max=110, y_max=140), confidence=0.98,
             quality=common_pb2.FaceQuality(blur_variance=321.0, face_size=100), person_id=person, source=source,
+            person_name=person.title(), metadata={"album": "summer"},
         ),
     )
 
@@ -61,6 +62,8 @@ def test_upsert_query_scroll_and_delete_through_grpc(search):
     assert best.face.payload.photo_id == "p2" and best.face.payload.tenant == "t1"
     assert best.face.payload.box.x_max == 110 and best.face.payload.quality.blur_variance == 321
     assert best.face.payload.model_id == "facenet-casia" and best.face.payload.indexed_at.seconds > 0
+    assert dict(best.face.payload.metadata) == {"album": "summer"}
+    assert reply.results[1].hits[0].face.payload.person_name == "Ann"
 
     filtered = search.Query(
         search_pb2.QueryRequest(tenant="t1", model=MODEL, top_k=10, vectors=[search_pb2.QueryVector(values=unit(9))],
@@ -83,6 +86,13 @@ def test_upsert_query_scroll_and_delete_through_grpc(search):
         if not token:
             break
     assert sorted(ids) == sorted(upserted.ids)
+
+    photos = search.Count(search_pb2.CountRequest(tenant="t1", filter=search_pb2.FaceFilter(face_index=0)), timeout=30)
+    assert photos.count == 5, "face 0 of each of the 5 photos"
+    by_hash = search.Count(
+        search_pb2.CountRequest(tenant="t1", filter=search_pb2.FaceFilter(photo_hashes=["sha-p1", "sha-p3"])), timeout=30
+    )
+    assert by_hash.count == 4
 
     assert search.Count(search_pb2.CountRequest(tenant="t2"), timeout=30).count == 0
     assert search.Delete(search_pb2.DeleteRequest(tenant="t2", whole_tenant=True), timeout=30).deleted == 0

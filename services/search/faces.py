@@ -42,6 +42,8 @@ class FaceFilter:
     person_ids: tuple[str, ...] = ()
     photo_ids: tuple[str, ...] = ()
     source: str | None = None
+    photo_hashes: tuple[str, ...] = ()
+    face_index: int | None = None
 
 
 @dataclass
@@ -112,12 +114,18 @@ class FaceIndex:
         return np.stack(vectors) if vectors else np.zeros((0, size), np.float32)
 
     def _conditions(self, tenant: str, face_filter: FaceFilter | None = None, **extra: tuple[str, ...]) -> Conditions:
-        match: dict[str, tuple[str, ...]] = {"tenant": (self._tenant(tenant),)}
+        match: dict[str, tuple[str | int, ...]] = {"tenant": (self._tenant(tenant),)}
         if face_filter is not None:
             if face_filter.person_ids:
                 match["person_id"] = tuple(face_filter.person_ids)
             if face_filter.photo_ids:
                 match["photo_id"] = tuple(face_filter.photo_ids)
+            if face_filter.photo_hashes:
+                match["photo_hash"] = tuple(face_filter.photo_hashes)
+            if face_filter.face_index is not None:
+                if face_filter.face_index < 0:
+                    raise InvalidRequest(f"face_index must not be negative, got {face_filter.face_index}")
+                match["face_index"] = (face_filter.face_index,)
             if face_filter.source:
                 if face_filter.source not in SOURCES:
                     raise InvalidRequest(f"unknown source {face_filter.source!r}")

@@ -93,6 +93,8 @@ def _filter(message: search_pb2.FaceFilter) -> FaceFilter:
         person_ids=tuple(message.person_ids),
         photo_ids=tuple(message.photo_ids),
         source=_SOURCE_NAMES.get(message.source),
+        photo_hashes=tuple(message.photo_hashes),
+        face_index=message.face_index if message.HasField("face_index") else None,
     )
 
 
@@ -113,6 +115,10 @@ def _payload(message: search_pb2.FacePayload) -> dict[str, Any]:
         "person_id": message.person_id,
         "source": _SOURCE_NAMES.get(message.source, "gallery"),
     }
+    if message.metadata:
+        payload["metadata"] = dict(message.metadata)
+    if message.person_name:
+        payload["person_name"] = message.person_name
     if message.HasField("indexed_at"):
         payload["indexed_at"] = message.indexed_at.ToDatetime(datetime.UTC).isoformat(timespec="milliseconds")
     return payload
@@ -142,6 +148,8 @@ def _record(face: StoredFace) -> search_pb2.FaceRecord:
         source=_SOURCE_ENUMS.get(p.get("source", ""), search_pb2.FACE_SOURCE_UNSPECIFIED),
         model_id=p.get("model_id", ""),
         indexed_at=indexed_at,
+        metadata={str(k): str(v) for k, v in (p.get("metadata") or {}).items()},
+        person_name=p.get("person_name", ""),
     )
     vector = [] if face.vector is None else [float(v) for v in face.vector]
     return search_pb2.FaceRecord(id=face.id, vector=vector, payload=payload)

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 # Payload fields with an index; "tenant" is the tenant key.
-KEYWORD_FIELDS = ("tenant", "person_id", "photo_id", "source")
+KEYWORD_FIELDS = ("tenant", "person_id", "photo_id", "photo_hash", "source")
+# Integer payload fields with an index (exact-match lookups only).
+INTEGER_FIELDS = ("face_index",)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Conditions:
     """All of these must hold: each key's value is one of the listed values;
     ``ids`` (when given) restricts to those point ids."""
 
-    match_any: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    match_any: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
     ids: tuple[str, ...] | None = None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from services.search.store.base import KEYWORD_FIELDS, Conditions, FaceStore, ScoredFace, StoredFace, as_vector
+from services.search.store.base import INTEGER_FIELDS, KEYWORD_FIELDS, Conditions, FaceStore, ScoredFace, StoredFace, as_vector
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class EdgeFaceStore(FaceStore):
             shard = qe.EdgeShard.create(str(self.path / name), config)
             for field in KEYWORD_FIELDS:
                 params = qe.KeywordIndexParams(is_tenant=True) if field == "tenant" else qe.KeywordIndexParams()
+                shard.update(qe.UpdateOperation.create_field_index(field, params))
+            for field in INTEGER_FIELDS:
+                params = qe.IntegerIndexParams(lookup=True, range=False)
                 shard.update(qe.UpdateOperation.create_field_index(field, params))
             self._open(name, shard)
 

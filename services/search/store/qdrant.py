@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from services.search.store.base import KEYWORD_FIELDS, Conditions, FaceStore, ScoredFace, StoredFace, as_vector
+from services.search.store.base import INTEGER_FIELDS, KEYWORD_FIELDS, Conditions, FaceStore, ScoredFace, StoredFace, as_vector
 
 
 class QdrantFaceStore(FaceStore):
@@ -37,6 +37,9 @@ class QdrantFaceStore(FaceStore):
         )
         for field in KEYWORD_FIELDS:
             schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant")
+            self.client.create_payload_index(name, field_name=field, field_schema=schema)
+        for field in INTEGER_FIELDS:
+            schema = models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=False)
             self.client.create_payload_index(name, field_name=field, field_schema=schema)
 
     def collections(self) -> list[str]:

@@ -26,49 +26,53 @@ from facesearch.v1 import common_pb2 as facesearch_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65search/v1/search.proto\x12\rfacesearch.v1\x1a\x1a\x66\x61\x63\x65search/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n\x0b\x46\x61\x63\x65Payload\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08photo_id\x18\x02 \x01(\t\x12\x11\n\tphoto_uri\x18\x03 \x01(\t\x12\x12\n\nphoto_hash\x18\x04 \x01(\t\x12\x12\n\nface_index\x18\x05 \x01(\x05\x12\'\n\x03\x62ox\x18\x06 \x01(\x0b\x32\x1a.facesearch.v1.BoundingBox\x12\x12\n\nconfidence\x18\x07 \x01(\x02\x12+\n\x07quality\x18\x08 \x01(\x0b\x32\x1a.facesearch.v1.FaceQuality\x12\x11\n\tperson_id\x18\t \x01(\t\x12)\n\x06source\x18\n \x01(\x0e\x32\x19.facesearch.v1.FaceSource\x12\x10\n\x08model_id\x18\x0b \x01(\t\x12.\n\nindexed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\nFaceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12+\n\x07payload\x18\x03 \x01(\x0b\x32\x1a.facesearch.v1.FacePayload\"^\n\nFaceFilter\x12\x12\n\nperson_ids\x18\x01 \x03(\t\x12\x11\n\tphoto_ids\x18\x02 \x03(\t\x12)\n\x06source\x18\x03 \x01(\x0e\x32\x19.facesearch.v1.FaceSource\"w\n\rUpsertRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.facesearch.v1.EmbeddingModel\x12(\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x19.facesearch.v1.FaceRecord\"\x1d\n\x0eUpsertResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x1d\n\x0bQueryVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xfb\x01\n\x0cQueryRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.facesearch.v1.EmbeddingModel\x12+\n\x07vectors\x18\x03 \x03(\x0b\x32\x1a.facesearch.v1.QueryVector\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x1c\n\x0fscore_threshold\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12)\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x19.facesearch.v1.FaceFilter\x12\x14\n\x0cwith_vectors\x18\x07 \x01(\x08\x42\x12\n\x10_score_threshold\"D\n\nScoredFace\x12\r\n\x05score\x18\x01 \x01(\x02\x12\'\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x19.facesearch.v1.FaceRecord\"6\n\x0bQueryResult\x12\'\n\x04hits\x18\x01 \x03(\x0b\x32\x19.facesearch.v1.ScoredFace\"<\n\rQueryResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.facesearch.v1.QueryResult\"\x16\n\x07\x46\x61\x63\x65Ids\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xa5\x01\n\rDeleteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12%\n\x03ids\x18\x03 \x01(\x0b\x32\x16.facesearch.v1.FaceIdsH\x00\x12\x12\n\x08photo_id\x18\x04 \x01(\tH\x00\x12\x13\n\tperson_id\x18\x05 \x01(\tH\x00\x12\x16\n\x0cwhole_tenant\x18\x06 \x01(\x08H\x00\x42\n\n\x08selector\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"[\n\x0c\x43ountRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.facesearch.v1.FaceFilter\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\xb5\x01\n\rScrollRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.facesearch.v1.EmbeddingModel\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.facesearch.v1.FaceFilter\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x14\n\x0cwith_vectors\x18\x06 \x01(\x08\"S\n\x0eScrollResponse\x12(\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x19.facesearch.v1.FaceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*^\n\nFaceSource\x12\x1b\n\x17\x46\x41\x43\x45_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41\x43\x45_SOURCE_GALLERY\x10\x01\x12\x1a\n\x16\x46\x41\x43\x45_SOURCE_ENROLLMENT\x10\x02\x32\xe5\x02\n\x06Search\x12\x45\n\x06Upsert\x12\x1c.facesearch.v1.UpsertRequest\x1a\x1d.facesearch.v1.UpsertResponse\x12\x42\n\x05Query\x12\x1b.facesearch.v1.QueryRequest\x1a\x1c.facesearch.v1.QueryResponse\x12\x45\n\x06\x44\x65lete\x12\x1c.facesearch.v1.DeleteRequest\x1a\x1d.facesearch.v1.DeleteResponse\x12\x42\n\x05\x43ount\x12\x1b.facesearch.v1.CountRequest\x1a\x1c.facesearch.v1.CountResponse\x12\x45\n\x06Scroll\x12\x1c.facesearch.v1.ScrollRequest\x1a\x1d.facesearch.v1.ScrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65search/v1/search.proto\x12\rfacesearch.v1\x1a\x1a\x66\x61\x63\x65search/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x03\n\x0b\x46\x61\x63\x65Payload\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08photo_id\x18\x02 \x01(\t\x12\x11\n\tphoto_uri\x18\x03 \x01(\t\x12\x12\n\nphoto_hash\x18\x04 \x01(\t\x12\x12\n\nface_index\x18\x05 \x01(\x05\x12\'\n\x03\x62ox\x18\x06 \x01(\x0b\x32\x1a.facesearch.v1.BoundingBox\x12\x12\n\nconfidence\x18\x07 \x01(\x02\x12+\n\x07quality\x18\x08 \x01(\x0b\x32\x1a.facesearch.v1.FaceQuality\x12\x11\n\tperson_id\x18\t \x01(\t\x12)\n\x06source\x18\n \x01(\x0e\x32\x19.facesearch.v1.FaceSource\x12\x10\n\x08model_id\x18\x0b \x01(\t\x12.\n\nindexed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x08metadata\x18\r \x03(\x0b\x32(.facesearch.v1.FacePayload.MetadataEntry\x12\x13\n\x0bperson_name\x18\x0e \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\nFaceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12+\n\x07payload\x18\x03 \x01(\x0b\x32\x1a.facesearch.v1.FacePayload\"\x9c\x01\n\nFaceFilter\x12\x12\n\nperson_ids\x18\x01 \x03(\t\x12\x11\n\tphoto_ids\x18\x02 \x03(\t\x12)\n\x06source\x18\x03 \x01(\x0e\x32\x19.facesearch.v1.FaceSource\x12\x14\n\x0cphoto_hashes\x18\x04 \x03(\t\x12\x17\n\nface_index\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_face_index\"w\n\rUpsertRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.facesearch.v1.EmbeddingModel\x12(\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x19.facesearch.v1.FaceRecord\"\x1d\n\x0eUpsertResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x1d\n\x0bQueryVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xfb\x01\n\x0cQueryRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.facesearch.v1.EmbeddingModel\x12+\n\x07vectors\x18\x03 \x03(\x0b\x32\x1a.facesearch.v1.QueryVector\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x1c\n\x0fscore_threshold\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12)\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x19.facesearch.v1.FaceFilter\x12\x14\n\x0cwith_vectors\x18\x07 \x01(\x08\x42\x12\n\x10_score_threshold\"D\n\nScoredFace\x12\r\n\x05score\x18\x01 \x01(\x02\x12\'\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x19.facesearch.v1.FaceRecord\"6\n\x0bQueryResult\x12\'\n\x04hits\x18\x01 \x03(\x0b\x32\x19.facesearch.v1.ScoredFace\"<\n\rQueryResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.facesearch.v1.QueryResult\"\x16\n\x07\x46\x61\x63\x65Ids\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xa5\x01\n\rDeleteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12%\n\x03ids\x18\x03 \x01(\x0b\x32\x16.facesearch.v1.FaceIdsH\x00\x12\x12\n\x08photo_id\x18\x04 \x01(\tH\x00\x12\x13\n\tperson_id\x18\x05 \x01(\tH\x00\x12\x16\n\x0cwhole_tenant\x18\x06 \x01(\x08H\x00\x42\n\n\x08selector\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"[\n\x0c\x43ountRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.facesearch.v1.FaceFilter\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\xb5\x01\n\rScrollRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.facesearch.v1.EmbeddingModel\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.facesearch.v1.FaceFilter\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x14\n\x0cwith_vectors\x18\x06 \x01(\x08\"S\n\x0eScrollResponse\x12(\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x19.facesearch.v1.FaceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*^\n\nFaceSource\x12\x1b\n\x17\x46\x41\x43\x45_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41\x43\x45_SOURCE_GALLERY\x10\x01\x12\x1a\n\x16\x46\x41\x43\x45_SOURCE_ENROLLMENT\x10\x02\x32\xe5\x02\n\x06Search\x12\x45\n\x06Upsert\x12\x1c.facesearch.v1.UpsertRequest\x1a\x1d.facesearch.v1.UpsertResponse\x12\x42\n\x05Query\x12\x1b.facesearch.v1.QueryRequest\x1a\x1c.facesearch.v1.QueryResponse\x12\x45\n\x06\x44\x65lete\x12\x1c.facesearch.v1.DeleteRequest\x1a\x1d.facesearch.v1.DeleteResponse\x12\x42\n\x05\x43ount\x12\x1b.facesearch.v1.CountRequest\x1a\x1c.facesearch.v1.CountResponse\x12\x45\n\x06Scroll\x12\x1c.facesearch.v1.ScrollRequest\x1a\x1d.facesearch.v1.ScrollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facesearch.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FACESOURCE']._serialized_start=1878
-  _globals['_FACESOURCE']._serialized_end=1972
+  _globals['_FACEPAYLOAD_METADATAENTRY']._loaded_options = None
+  _globals['_FACEPAYLOAD_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_FACESOURCE']._serialized_start=2071
+  _globals['_FACESOURCE']._serialized_end=2165
   _globals['_FACEPAYLOAD']._serialized_start=107
-  _globals['_FACEPAYLOAD']._serialized_end=447
-  _globals['_FACERECORD']._serialized_start=449
-  _globals['_FACERECORD']._serialized_end=534
-  _globals['_FACEFILTER']._serialized_start=536
-  _globals['_FACEFILTER']._serialized_end=630
-  _globals['_UPSERTREQUEST']._serialized_start=632
-  _globals['_UPSERTREQUEST']._serialized_end=751
-  _globals['_UPSERTRESPONSE']._serialized_start=753
-  _globals['_UPSERTRESPONSE']._serialized_end=782
-  _globals['_QUERYVECTOR']._serialized_start=784
-  _globals['_QUERYVECTOR']._serialized_end=813
-  _globals['_QUERYREQUEST']._serialized_start=816
-  _globals['_QUERYREQUEST']._serialized_end=1067
-  _globals['_SCOREDFACE']._serialized_start=1069
-  _globals['_SCOREDFACE']._serialized_end=1137
-  _globals['_QUERYRESULT']._serialized_start=1139
-  _globals['_QUERYRESULT']._serialized_end=1193
-  _globals['_QUERYRESPONSE']._serialized_start=1195
-  _globals['_QUERYRESPONSE']._serialized_end=1255
-  _globals['_FACEIDS']._serialized_start=1257
-  _globals['_FACEIDS']._serialized_end=1279
-  _globals['_DELETEREQUEST']._serialized_start=1282
-  _globals['_DELETEREQUEST']._serialized_end=1447
-  _globals['_DELETERESPONSE']._serialized_start=1449
-  _globals['_DELETERESPONSE']._serialized_end=1482
-  _globals['_COUNTREQUEST']._serialized_start=1484
-  _globals['_COUNTREQUEST']._serialized_end=1575
-  _globals['_COUNTRESPONSE']._serialized_start=1577
-  _globals['_COUNTRESPONSE']._serialized_end=1607
-  _globals['_SCROLLREQUEST']._serialized_start=1610
-  _globals['_SCROLLREQUEST']._serialized_end=1791
-  _globals['_SCROLLRESPONSE']._serialized_start=1793
-  _globals['_SCROLLRESPONSE']._serialized_end=1876
-  _globals['_SEARCH']._serialized_start=1975
-  _globals['_SEARCH']._serialized_end=2332
+  _globals['_FACEPAYLOAD']._serialized_end=577
+  _globals['_FACEPAYLOAD_METADATAENTRY']._serialized_start=530
+  _globals['_FACEPAYLOAD_METADATAENTRY']._serialized_end=577
+  _globals['_FACERECORD']._serialized_start=579
+  _globals['_FACERECORD']._serialized_end=664
+  _globals['_FACEFILTER']._serialized_start=667
+  _globals['_FACEFILTER']._serialized_end=823
+  _globals['_UPSERTREQUEST']._serialized_start=825
+  _globals['_UPSERTREQUEST']._serialized_end=944
+  _globals['_UPSERTRESPONSE']._serialized_start=946
+  _globals['_UPSERTRESPONSE']._serialized_end=975
+  _globals['_QUERYVECTOR']._serialized_start=977
+  _globals['_QUERYVECTOR']._serialized_end=1006
+  _globals['_QUERYREQUEST']._serialized_start=1009
+  _globals['_QUERYREQUEST']._serialized_end=1260
+  _globals['_SCOREDFACE']._serialized_start=1262
+  _globals['_SCOREDFACE']._serialized_end=1330
+  _globals['_QUERYRESULT']._serialized_start=1332
+  _globals['_QUERYRESULT']._serialized_end=1386
+  _globals['_QUERYRESPONSE']._serialized_start=1388
+  _globals['_QUERYRESPONSE']._serialized_end=1448
+  _globals['_FACEIDS']._serialized_start=1450
+  _globals['_FACEIDS']._serialized_end=1472
+  _globals['_DELETEREQUEST']._serialized_start=1475
+  _globals['_DELETEREQUEST']._serialized_end=1640
+  _globals['_DELETERESPONSE']._serialized_start=1642
+  _globals['_DELETERESPONSE']._serialized_end=1675
+  _globals['_COUNTREQUEST']._serialized_start=1677
+  _globals['_COUNTREQUEST']._serialized_end=1768
+  _globals['_COUNTRESPONSE']._serialized_start=1770
+  _globals['_COUNTRESPONSE']._serialized_end=1800
+  _globals['_SCROLLREQUEST']._serialized_start=1803
+  _globals['_SCROLLREQUEST']._serialized_end=1984
+  _globals['_SCROLLRESPONSE']._serialized_start=1986
+  _globals['_SCROLLRESPONSE']._serialized_end=2069
+  _globals['_SEARCH']._serialized_start=2168
+  _globals['_SEARCH']._serialized_end=2525
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,14 @@ FACE_SOURCE_GALLERY: FaceSource
 FACE_SOURCE_ENROLLMENT: FaceSource
 
 class FacePayload(_message.Message):
-    __slots__ = ("tenant", "photo_id", "photo_uri", "photo_hash", "face_index", "box", "confidence", "quality", "person_id", "source", "model_id", "indexed_at")
+    __slots__ = ("tenant", "photo_id", "photo_uri", "photo_hash", "face_index", "box", "confidence", "quality", "person_id", "source", "model_id", "indexed_at", "metadata", "person_name")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TENANT_FIELD_NUMBER: _ClassVar[int]
     PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
     PHOTO_URI_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +41,8 @@ class FacePayload(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     INDEXED_AT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    PERSON_NAME_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     photo_id: str
     photo_uri: str
@@ -46,7 +55,9 @@ class FacePayload(_message.Message):
     source: FaceSource
     model_id: str
     indexed_at: _timestamp_pb2.Timestamp
-    def __init__(self, tenant: _Optional[str] = ..., photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., photo_hash: _Optional[str] = ..., face_index: _Optional[int] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., confidence: _Optional[float] = ..., quality: _Optional[_Union[_common_pb2.FaceQuality, _Mapping]] = ..., person_id: _Optional[str] = ..., source: _Optional[_Union[FaceSource, str]] = ..., model_id: _Optional[str] = ..., indexed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    person_name: str
+    def __init__(self, tenant: _Optional[str] = ..., photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., photo_hash: _Optional[str] = ..., face_index: _Optional[int] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., confidence: _Optional[float] = ..., quality: _Optional[_Union[_common_pb2.FaceQuality, _Mapping]] = ..., person_id: _Optional[str] = ..., source: _Optional[_Union[FaceSource, str]] = ..., model_id: _Optional[str] = ..., indexed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., person_name: _Optional[str] = ...) -> None: ...
 
 class FaceRecord(_message.Message):
     __slots__ = ("id", "vector", "payload")
@@ -59,14 +70,18 @@ class FaceRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., payload: _Optional[_Union[FacePayload, _Mapping]] = ...) -> None: ...
 
 class FaceFilter(_message.Message):
-    __slots__ = ("person_ids", "photo_ids", "source")
+    __slots__ = ("person_ids", "photo_ids", "source", "photo_hashes", "face_index")
     PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
     PHOTO_IDS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_HASHES_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     person_ids: _containers.RepeatedScalarFieldContainer[str]
     photo_ids: _containers.RepeatedScalarFieldContainer[str]
     source: FaceSource
-    def __init__(self, person_ids: _Optional[_Iterable[str]] = ..., photo_ids: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[FaceSource, str]] = ...) -> None: ...
+    photo_hashes: _containers.RepeatedScalarFieldContainer[str]
+    face_index: int
+    def __init__(self, person_ids: _Optional[_Iterable[str]] = ..., photo_ids: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[FaceSource, str]] = ..., photo_hashes: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("tenant", "model", "faces")
