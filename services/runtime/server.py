@@ -9,6 +9,7 @@ the health status turns NOT_SERVING, new calls are refused, in-flight calls get
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import Callable
@@ -47,10 +48,11 @@ class GrpcServer:
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
-        self._on_stop: list[Callable[[], None]] = []
+        self._on_stop: list[Callable[[], Any]] = []
 
-    def on_stop(self, callback: Callable[[], None]) -> None:
-        """Runs ``callback`` after the server has stopped (to close stores, flush files)."""
+    def on_stop(self, callback: Callable[[], Any]) -> None:
+        """Runs ``callback`` after the server has stopped (to close stores, flush files,
+        close clients); a callback that returns an awaitable is awaited."""
         self._on_stop.append(callback)
 
     async def start(self) -> int:
@@ -103,7 +105,9 @@ class GrpcServer:
             self._metrics_http.server_close()
             self._metrics_http = None
         for callback in self._on_stop:
-            callback()
+            outcome = callback()
+            if inspect.isawaitable(outcome):
+                await outcome
         log.info("stopped")
 
     async def serve_until_signalled(self) -> None:

@@ -1,0 +1,87 @@
+"""What every gateway operation works with: the analyser (detector + embedder), the
+search service, the embedding model in use and its match threshold."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+
+from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
+
+from gateway.analysis import AnalysedPhoto, FaceAnalyser, FoundFace, PhotoInput
+from gateway.downstream import SearchClient
+from gateway.errors import invalid
+from gateway.settings import GatewaySettings
+
+EMBEDDING_SIZE = 512
+MAX_ID_LENGTH = 512
+# Namespace of enrolment face ids: one reference per (tenant, person, photo bytes).
+ENROLLMENT_ID_NAMESPACE = uuid.UUID("0c7d5c1e-8e0a-4f57-9a55-5d1a2f3b9e41")
+
+
+@dataclass
+class Dependencies:
+    settings: GatewaySettings
+    analyser: FaceAnalyser
+    search: SearchClient
+    model_id: str
+    model_version: str
+
+    @property
+    def model(self) -> common_pb2.EmbeddingModel:
+        return common_pb2.EmbeddingModel(id=self.model_id, version=self.model_version, dimension=EMBEDDING_SIZE)
+
+    def threshold(self, override: float | None = None) -> float:
+        if override is not None:
+            if not (math.isfinite(override) and -1.0 <= override <= 1.0):
+                raise invalid(f"similarity_threshold must be a cosine similarity in [-1, 1], got {override}")
+            return override
+        return self.settings.threshold(self.model_id)
+
+    def match_settings(self, threshold: float) -> facesearch_pb2.MatchSettings:
+        return facesearch_pb2.MatchSettings(model=self.model, similarity_threshold=threshold)
+
+
+def photo_input(message: facesearch_pb2.Photo, what: str = "photo") -> PhotoInput:
+    if len(message.id) > MAX_ID_LENGTH:
+        raise invalid(f"{what}: id is longer than {MAX_ID_LENGTH} characters")
+    return PhotoInput(content=message.content, id=message.id, uri=message.uri, metadata=dict(message.metadata))
+
+
+def optional_threshold(message, field: str = "similarity_threshold") -> float | None:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def enrollment_face_id(tenant: str, person_id: str, photo_hash: str) -> str:
+    return str(uuid.uuid5(ENROLLMENT_ID_NAMESPACE, f"{tenant}\n{person_id}\n{photo_hash}"))
+
+
+def face_record(
+    photo: AnalysedPhoto, found: FoundFace, *, face_index: int, source: int, person_id: str = "",
+    person_name: str = "", record_id: str = "",
+) -> search_pb2.FaceRecord:
+    """What the search service stores about one face (the tenant is added from the call)."""
+    face = found.face
+    return search_pb2.FaceRecord(
+        id=record_id,
+        vector=found.vector.tolist(),
+        payload=search_pb2.FacePayload(
+            photo_id=photo.photo.id,
+            photo_uri=photo.photo.uri,
+            photo_hash=photo.photo.content_hash,
+            face_index=face_index,
+            box=face.box,
+            confidence=face.confidence,
+            quality=face.quality,
+            person_id=person_id,
+            person_name=person_name,
+            source=source,
+            metadata=photo.photo.metadata,
+        ),
+    )
+
+
+def distance(similarity: float) -> float:
+    """Euclidean distance of two unit vectors with this cosine similarity."""
+    return math.sqrt(max(0.0, 2.0 - 2.0 * similarity))

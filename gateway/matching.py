@@ -1,0 +1,174 @@
+"""Verify, Identify and FindMe: comparing faces by cosine similarity of unit vectors.
+
+A match is a similarity at or above the model's threshold (configured per model, or
+given per call); every answer says which model and threshold it used.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
+
+from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput, clearest_face
+from gateway.dependencies import Dependencies, distance
+from gateway.downstream import Deadline
+from gateway.errors import GatewayError, invalid, not_found
+from gateway.people import People, check_person_id
+
+GALLERY = search_pb2.FACE_SOURCE_GALLERY
+ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
+QUERY_VECTORS_PER_CALL = 64  # the search service's default limit
+REFERENCES_PER_PERSON = 10  # reference faces one person may hold in a top-k list
+
+
+@dataclass
+class Verdict:
+    similarity: float
+    distance: float
+    same_person: bool
+    face_a: common_pb2.Face
+    face_b: common_pb2.Face
+
+
+class Matcher:
+    def __init__(self, deps: Dependencies, people: People) -> None:
+        self.deps = deps
+        self.people = people
+
+    async def _reference_faces(self, photos: list[PhotoInput], deadline: Deadline, names: list[str]) -> list[FoundFace]:
+        """The clearest face of each photo; a photo without one is the caller's mistake."""
+        analysed = await self.deps.analyser.analyse(photos, deadline)
+        faces = []
+        for name, photo in zip(names, analysed, strict=True):
+            faces.append(self._clearest(photo, name))
+        return faces
+
+    def _clearest(self, photo: AnalysedPhoto, name: str) -> FoundFace:
+        if photo.error is not None:
+            code, message = photo.error
+            raise GatewayError(code, f"{name}: {message}")
+        face = clearest_face(photo.faces, self.deps.settings.min_face_size)
+        if face is None:
+            found = f"{len(photo.faces)} face(s), none of at least {self.deps.settings.min_face_size} px" if (
+                photo.faces) else "no face"
+            raise invalid(f"{name}: {found} found")
+        return face
+
+    async def verify(self, a: PhotoInput, b: PhotoInput, threshold: float, deadline: Deadline) -> Verdict:
+        face_a, face_b = await self._reference_faces([a, b], deadline, ["photo a", "photo b"])
+        similarity = float(np.clip(face_a.vector @ face_b.vector, -1.0, 1.0))
+        return Verdict(similarity, distance(similarity), similarity >= threshold, face_a.face, face_b.face)
+
+    async def identify(
+        self, tenant: str, photo: PhotoInput, top_k: int, threshold: float, deadline: Deadline
+    ) -> list[facesearch_pb2.IdentifiedFace]:
+        top_k = top_k or 3
+        if not 1 <= top_k <= 100:
+            raise invalid(f"top_k must be in [1, 100], got {top_k}")
+        [analysed] = await self.deps.analyser.analyse([photo], deadline)
+        if analysed.error is not None:
+            code, message = analysed.error
+            raise GatewayError(code, f"photo: {message}")
+        hits = await self._query(
+            tenant, [f.vector for f in analysed.faces], top_k * REFERENCES_PER_PERSON, threshold, ENROLLMENT, deadline
+        )
+        identified = []
+        for found, face_hits in zip(analysed.faces, hits, strict=True):
+            best: dict[str, facesearch_pb2.Candidate] = {}
+            for hit in face_hits:
+                payload = hit.face.payload
+                if payload.person_id not in best:  # hits come best first
+                    best[payload.person_id] = facesearch_pb2.Candidate(
+                        person_id=payload.person_id, display_name=payload.person_name, similarity=hit.score
+                    )
+            candidates = list(best.values())[:top_k]
+            identified.append(facesearch_pb2.IdentifiedFace(face=found.face, candidates=candidates,
+                                                            unknown=not candidates))
+        return identified
+
+    async def find_me(
+        self, tenant: str, references: list[PhotoInput], person_id: str, threshold: float, limit: int,
+        page_token: str, deadline: Deadline,
+    ) -> tuple[list[facesearch_pb2.PhotoMatch], str]:
+        """Every indexed photo holding a face like any of the references, best first, once each."""
+        settings = self.deps.settings
+        limit = limit or 50
+        if not 1 <= limit <= settings.max_page_size:
+            raise invalid(f"limit must be in [1, {settings.max_page_size}], got {limit}")
+        if not references and not person_id:
+            raise invalid("give reference photos, an enrolled person_id, or both")
+        if len(references) > settings.max_photos_per_request:
+            raise invalid(f"{len(references)} reference photos, over the limit of {settings.max_photos_per_request}")
+        query = _fingerprint(tenant, [r.content_hash for r in references], person_id, threshold)
+        offset = _decode_page_token(page_token, query) if page_token else 0
+
+        vectors = [f.vector for f in await self._reference_faces(
+            references, deadline, [f"reference {i}" for i in range(len(references))]
+        )] if references else []
+        if person_id:
+            check_person_id(person_id)
+            enrolled = await self.people.references(tenant, person_id, deadline, with_vectors=True)
+            if not enrolled:
+                raise not_found(f"no person {person_id!r} is enrolled")
+            vectors += [np.asarray(f.vector, dtype=np.float32) for f in enrolled]
+
+        hits = await self._query(tenant, vectors, settings.max_matches, threshold, GALLERY, deadline)
+        best: dict[str, search_pb2.ScoredFace] = {}
+        for face_hits in hits:
+            for hit in face_hits:
+                photo_id = hit.face.payload.photo_id
+                if photo_id not in best or hit.score > best[photo_id].score:
+                    best[photo_id] = hit
+        ranked = sorted(best.values(), key=lambda h: (-h.score, h.face.payload.photo_id))
+        page = ranked[offset : offset + limit]
+        matches = [
+            facesearch_pb2.PhotoMatch(
+                photo_id=h.face.payload.photo_id, photo_uri=h.face.payload.photo_uri, box=h.face.payload.box,
+                face_index=h.face.payload.face_index, similarity=h.score,
+            )
+            for h in page
+        ]
+        more = offset + limit < len(ranked)
+        return matches, _encode_page_token(offset + limit, query) if more else ""
+
+    async def _query(
+        self, tenant: str, vectors: list[np.ndarray], top_k: int, threshold: float, source: int, deadline: Deadline
+    ) -> list[list[search_pb2.ScoredFace]]:
+        results: list[list[search_pb2.ScoredFace]] = []
+        for start in range(0, len(vectors), QUERY_VECTORS_PER_CALL):
+            chunk = vectors[start : start + QUERY_VECTORS_PER_CALL]
+            request = search_pb2.QueryRequest(
+                tenant=tenant, model=self.deps.model, top_k=top_k, score_threshold=threshold,
+                vectors=[search_pb2.QueryVector(values=np.asarray(v, dtype=np.float32).tolist()) for v in chunk],
+                filter=search_pb2.FaceFilter(source=source),
+            )
+            reply = await self.deps.search.query(request, deadline)
+            results += [list(result.hits) for result in reply.results]
+        return results
+
+
+def _fingerprint(tenant: str, hashes: list[str], person_id: str, threshold: float) -> str:
+    text = json.dumps([tenant, sorted(hashes), person_id, round(threshold, 6)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _encode_page_token(offset: int, query: str) -> str:
+    raw = json.dumps({"offset": offset, "query": query}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, query: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        offset, issued_for = int(data["offset"]), data["query"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise invalid("page_token is not one FindMe issued") from None
+    if issued_for != query or offset < 0:
+        raise invalid("page_token belongs to another FindMe query (references, person or threshold differ)")
+    return offset

@@ -1,0 +1,76 @@
+"""Builds and runs the gateway's gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
+
+from gateway.analysis import FaceAnalyser
+from gateway.auth import ApiKeys
+from gateway.dependencies import Dependencies
+from gateway.downstream import DetectorClient, Retrying, SearchClient
+from gateway.service import FaceSearchService
+from gateway.settings import GatewaySettings
+from services.embedder.factory import create_embedder
+from services.embedder.settings import EmbedderSettings
+from services.runtime.logs import configure_logging
+from services.runtime.server import GrpcServer, ServiceBinding
+from services.runtime.settings import load_settings
+
+SERVICE_NAME = facesearch_pb2.DESCRIPTOR.services_by_name["FaceSearch"].full_name
+log = logging.getLogger(__name__)
+
+
+class GatewayServer(GrpcServer):
+    """The gateway's server; its downstream clients are made on the server's event loop
+    (gRPC's asyncio channels belong to one loop) when it starts."""
+
+    def __init__(self, settings: GatewaySettings, embedder_settings: EmbedderSettings, keys: ApiKeys) -> None:
+        self.embedder_settings = embedder_settings
+        self.keys = keys
+        self.servicer: FaceSearchService | None = None
+        binding = ServiceBinding(SERVICE_NAME, self, self._add_servicer)
+        super().__init__("gateway", settings, [binding])
+
+    def _add_servicer(self, _: object, server) -> None:
+        settings: GatewaySettings = self.settings  # type: ignore[assignment]
+        detector = DetectorClient(
+            settings.detector_address, Retrying("detector", settings.downstream_retries, settings.retry_backoff_s),
+            settings.max_message_mb,
+        )
+        search = SearchClient(
+            settings.search_address, Retrying("search", settings.downstream_retries, settings.retry_backoff_s),
+            settings.max_message_mb,
+        )
+        embedder = create_embedder(self.embedder_settings)
+        analyser = FaceAnalyser(
+            detector, embedder, batch_size=settings.detect_batch_size, concurrency=settings.index_concurrency,
+            max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
+        )
+        deps = Dependencies(settings, analyser, search, embedder.model_id, embedder.model_version)
+        deps.threshold()  # the model in use must have a threshold: fail at start, not per call
+        self.servicer = FaceSearchService(deps, self.keys)
+        facesearch_pb2_grpc.add_FaceSearchServicer_to_server(self.servicer, server)
+
+        async def close() -> None:
+            await asyncio.gather(detector.close(), search.close(), embedder.close())
+
+        self.on_stop(close)
+
+
+def build_server(
+    settings: GatewaySettings, embedder_settings: EmbedderSettings | None = None, keys: ApiKeys | None = None
+) -> GatewayServer:
+    if keys is None:
+        keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
+    if not len(keys):
+        log.warning("no API keys configured: every call will be refused (see `facesearch keys add`)")
+    return GatewayServer(settings, embedder_settings or EmbedderSettings(), keys)
+
+
+def run(settings: GatewaySettings) -> None:
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    server = build_server(settings, load_settings(EmbedderSettings))
+    asyncio.run(server.serve_until_signalled())

@@ -1,0 +1,175 @@
+"""The FaceSearch gRPC API: authentication, proto conversion and status codes around
+the gateway's operations, nothing else."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
+
+from gateway.auth import ApiKeys, AuthError, Caller
+from gateway.dependencies import Dependencies, optional_threshold, photo_input
+from gateway.downstream import Deadline
+from gateway.errors import GatewayError, invalid
+from gateway.indexing import Indexer
+from gateway.matching import Matcher
+from gateway.people import People
+
+log = logging.getLogger(__name__)
+
+
+def _abort_code(error: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, AuthError):
+        return (grpc.StatusCode.PERMISSION_DENIED if error.permission else grpc.StatusCode.UNAUTHENTICATED), str(error)
+    if isinstance(error, GatewayError):
+        return error.code, error.message
+    if isinstance(error, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    raise error
+
+
+def rpc(scope: str) -> Callable:
+    """Authenticates the caller (with ``scope``), passes them and the call's deadline to the
+    method, and turns the gateway's errors into gRPC statuses."""
+
+    def decorate(method: Callable) -> Callable:
+        if inspect.isasyncgenfunction(method):
+
+            @functools.wraps(method)
+            async def stream(self: FaceSearchService, request, context):
+                try:
+                    caller = self.caller(context, scope)
+                    async for reply in method(self, request, context, caller, self.deadline(context)):
+                        yield reply
+                except (AuthError, GatewayError, TimeoutError) as error:
+                    await context.abort(*_abort_code(error))
+
+            return stream
+
+        @functools.wraps(method)
+        async def unary(self: FaceSearchService, request, context):
+            try:
+                caller = self.caller(context, scope)
+                return await method(self, request, context, caller, self.deadline(context))
+            except (AuthError, GatewayError, TimeoutError) as error:
+                await context.abort(*_abort_code(error))
+
+        return unary
+
+    return decorate
+
+
+class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
+    def __init__(self, deps: Dependencies, keys: ApiKeys) -> None:
+        self.deps = deps
+        self.keys = keys
+        self.people = People(deps)
+        self.indexer = Indexer(deps)
+        self.matcher = Matcher(deps, self.people)
+
+    def caller(self, context: grpc.aio.ServicerContext, scope: str) -> Caller:
+        caller = self.keys.authenticate(context.invocation_metadata())
+        caller.require(scope)
+        return caller
+
+    def deadline(self, context: grpc.aio.ServicerContext) -> Deadline:
+        return Deadline.of(context, self.deps.settings.request_timeout_s)
+
+    @rpc("write")
+    async def Enroll(self, request, context, caller, deadline) -> facesearch_pb2.EnrollResponse:
+        photos = [photo_input(p, f"photo {i}") for i, p in enumerate(request.photos)]
+        person_id, results, count = await self.people.enroll(
+            caller.tenant, request.person_id, request.display_name, photos, deadline
+        )
+        return facesearch_pb2.EnrollResponse(
+            person_id=person_id, results=results, reference_faces=count,
+            settings=self.deps.match_settings(self.deps.threshold()),
+        )
+
+    @rpc("write")
+    async def IndexPhotos(self, requests, context, caller, deadline) -> AsyncIterator[facesearch_pb2.IndexPhotosResponse]:
+        async def photos():
+            async for request in requests:
+                yield photo_input(request.photo)
+
+        async for result in self.indexer.index_stream(caller.tenant, photos(), deadline):
+            yield facesearch_pb2.IndexPhotosResponse(result=result)
+
+    @rpc("read")
+    async def Verify(self, request, context, caller, deadline) -> facesearch_pb2.VerifyResponse:
+        threshold = self.deps.threshold(optional_threshold(request))
+        verdict = await self.matcher.verify(
+            photo_input(request.a, "photo a"), photo_input(request.b, "photo b"), threshold, deadline
+        )
+        return facesearch_pb2.VerifyResponse(
+            same_person=verdict.same_person, similarity=verdict.similarity, distance=verdict.distance,
+            settings=self.deps.match_settings(threshold), face_a=verdict.face_a, face_b=verdict.face_b,
+        )
+
+    @rpc("read")
+    async def Identify(self, request, context, caller, deadline) -> facesearch_pb2.IdentifyResponse:
+        threshold = self.deps.threshold(optional_threshold(request))
+        faces = await self.matcher.identify(
+            caller.tenant, photo_input(request.photo), request.top_k, threshold, deadline
+        )
+        return facesearch_pb2.IdentifyResponse(faces=faces, settings=self.deps.match_settings(threshold))
+
+    @rpc("read")
+    async def FindMe(self, request, context, caller, deadline) -> facesearch_pb2.FindMeResponse:
+        threshold = self.deps.threshold(optional_threshold(request))
+        references = [photo_input(p, f"reference {i}") for i, p in enumerate(request.references)]
+        matches, token = await self.matcher.find_me(
+            caller.tenant, references, request.person_id, threshold, request.limit, request.page_token, deadline
+        )
+        return facesearch_pb2.FindMeResponse(
+            matches=matches, next_page_token=token, settings=self.deps.match_settings(threshold)
+        )
+
+    @rpc("write")
+    async def DeletePerson(self, request, context, caller, deadline) -> facesearch_pb2.DeletePersonResponse:
+        deleted = await self.people.delete(caller.tenant, request.person_id, deadline)
+        return facesearch_pb2.DeletePersonResponse(faces_deleted=deleted)
+
+    @rpc("write")
+    async def DeletePhoto(self, request, context, caller, deadline) -> facesearch_pb2.DeletePhotoResponse:
+        deleted = await self.indexer.delete_photo(caller.tenant, request.photo_id, deadline)
+        return facesearch_pb2.DeletePhotoResponse(faces_deleted=deleted)
+
+    @rpc("read")
+    async def ListPeople(self, request, context, caller, deadline) -> facesearch_pb2.ListPeopleResponse:
+        size = request.page_size or 100
+        if not 1 <= size <= self.deps.settings.max_page_size:
+            raise invalid(f"page_size must be in [1, {self.deps.settings.max_page_size}], got {size}")
+        offset = _offset_token(request.page_token)
+        people = await self.people.list(caller.tenant, deadline)
+        page = people[offset : offset + size]
+        more = offset + size < len(people)
+        return facesearch_pb2.ListPeopleResponse(
+            people=[facesearch_pb2.Person(person_id=p.person_id, display_name=p.display_name,
+                                          reference_faces=p.reference_faces) for p in page],
+            next_page_token=str(offset + size) if more else "",
+        )
+
+    @rpc("read")
+    async def ClusterFaces(self, request, context, caller, deadline) -> facesearch_pb2.ClusterFacesResponse:
+        raise GatewayError(grpc.StatusCode.UNIMPLEMENTED, "ClusterFaces is not available in this version")
+
+    @rpc("read")
+    async def Stats(self, request, context, caller, deadline) -> facesearch_pb2.StatsResponse:
+        photos, faces = await self.indexer.stats(caller.tenant, deadline)
+        people = await self.people.list(caller.tenant, deadline)
+        return facesearch_pb2.StatsResponse(
+            photos=photos, faces=faces, people=len(people), settings=self.deps.match_settings(self.deps.threshold())
+        )
+
+
+def _offset_token(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise invalid("page_token is not one ListPeople issued")
+    return int(token)

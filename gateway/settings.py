@@ -1,0 +1,79 @@
+"""Gateway settings (environment: FACESEARCH_GATEWAY_<FIELD>; file: [gateway]).
+
+The embedder the gateway calls is configured in the embedder's own section
+(``FACESEARCH_EMBEDDER_TRITON_URL``, model id and version, client batch size,
+retries): the gateway is one more client of that Triton server.
+
+API keys are never stored in the clear: ``api_keys_file`` and ``api_keys`` hold lines
+``<tenant> <sha256 of the key> [read|write]`` (see gateway/auth.py;
+``facesearch keys add TENANT`` makes a key and writes its line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from services.runtime.settings import ServiceSettings
+
+# Minimum cosine similarity for "same person", per embedding model. facenet-casia:
+# measured on the labelled photos of ../shared/data (see docs/gateway.md); the
+# vggface2 weights cannot be fetched here, so theirs is the value usually quoted.
+DEFAULT_THRESHOLDS = {"facenet-casia": 0.45, "facenet-vggface2": 0.40}
+
+
+class GatewaySettings(ServiceSettings):
+    section = "gateway"
+
+    port: int = Field(50050, ge=0, le=65535)
+    detector_address: str = Field("127.0.0.1:50051", description="Detector gRPC address.")
+    search_address: str = Field("127.0.0.1:50052", description="Search gRPC address.")
+
+    api_keys_file: Path | None = Field(
+        None, description="File of hashed API keys, one '<tenant> <sha256> [read|write]' per line."
+    )
+    api_keys: str = Field("", description="More hashed keys, same lines, separated by newlines or ';'.")
+
+    similarity_thresholds: dict[str, float] = Field(
+        DEFAULT_THRESHOLDS, description="Cosine similarity counted as the same person, per model id."
+    )
+
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline of a call whose caller set none; downstream calls get what is left."
+    )
+    downstream_retries: int = Field(3, ge=0, description="Retries of an idempotent downstream call on UNAVAILABLE.")
+    retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubles each time.")
+
+    detect_batch_size: int = Field(8, ge=1, le=256, description="Photos per DetectBatch call.")
+    index_concurrency: int = Field(
+        4, ge=1, le=256, description="Detect batches of one IndexPhotos stream in flight together."
+    )
+    max_photos_per_request: int = Field(64, ge=1, description="Most photos in one Enroll or FindMe.")
+    max_photo_mb: float = Field(50.0, gt=0, description="Largest photo accepted, before decoding.")
+    max_matches: int = Field(
+        1000, ge=1, description="Most faces FindMe ranks per reference (all pages); at most the search "
+        "service's max_top_k.",
+    )
+    max_page_size: int = Field(500, ge=1, description="Largest FindMe and ListPeople page.")
+    enrollment_dominance: float = Field(
+        2.0, ge=1.0, description="Enrolment: a photo with several faces uses the largest only when "
+        "it is this many times the area of the next.",
+    )
+    min_face_size: int = Field(
+        24, ge=0, description="Reference faces (Enroll, Verify, FindMe) smaller than this are not used."
+    )
+
+    @field_validator("similarity_thresholds")
+    @classmethod
+    def _valid_thresholds(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        for model_id, value in thresholds.items():
+            if not -1.0 <= value <= 1.0:
+                raise ValueError(f"threshold of {model_id!r} must be a cosine similarity in [-1, 1], got {value}")
+        return thresholds
+
+    def threshold(self, model_id: str) -> float:
+        if model_id not in self.similarity_thresholds:
+            known = ", ".join(sorted(self.similarity_thresholds))
+            raise ValueError(f"no similarity threshold configured for model {model_id!r} (configured: {known})")
+        return self.similarity_thresholds[model_id]

@@ -1,0 +1,78 @@
+"""The whole suite on loopback in one test process: detector, a real Triton serving the
+FaceNet model, search on the edge store, and the gateway. Each part can be stopped and
+started again on the same port, to test outages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.auth import ApiKeys, key_line
+from gateway.server import build_server as build_gateway
+from gateway.settings import GatewaySettings
+from services.detector.server import build_server as build_detector
+from services.detector.settings import DetectorSettings
+from services.embedder.provisioning import prepare_models
+from services.embedder.settings import EmbedderSettings
+from services.embedder.triton_server import TritonServer
+from services.runtime.background import BackgroundServer
+from services.search.server import build_server as build_search
+from services.search.settings import SearchSettings
+from tests.conftest import free_ports
+
+# Tenants and their keys (the gateway only knows the hashes).
+KEYS = {"acme": "fs_test_acme_key", "globex": "fs_test_globex_key"}
+READ_ONLY_KEY = ("acme", "fs_test_acme_read_only")
+
+
+def prepare_model_repository(root: Path) -> EmbedderSettings:
+    settings = EmbedderSettings(model_repository=root)
+    prepare_models(settings, flavours=["onnx-python"])
+    return settings
+
+
+class LocalSuite:
+    def __init__(self, root: Path, embedder: EmbedderSettings, **gateway_overrides) -> None:
+        self.root = root
+        self.detector_port, self.search_port, self.gateway_port = free_ports(3)
+        self.triton = TritonServer(embedder.model_repository / "onnx-python", root / "triton").start()
+        self.embedder = EmbedderSettings(
+            model_repository=embedder.model_repository, triton_url=self.triton.grpc_url, retries=2,
+            retry_backoff_s=0.1, request_timeout_s=20,
+        )
+        self.detector = self.start_detector()
+        self.search = self.start_search()
+        lines = [key_line(tenant, key) for tenant, key in KEYS.items()]
+        lines.append(key_line(READ_ONLY_KEY[0], READ_ONLY_KEY[1], "read"))
+        self.gateway_settings = GatewaySettings(
+            host="127.0.0.1", port=self.gateway_port, log_format="text",
+            detector_address=f"127.0.0.1:{self.detector_port}", search_address=f"127.0.0.1:{self.search_port}",
+            downstream_retries=2, retry_backoff_s=0.1, **gateway_overrides,
+        )
+        self.gateway = BackgroundServer(
+            build_gateway(self.gateway_settings, self.embedder, ApiKeys.parse(lines, "test keys"))
+        )
+
+    @property
+    def address(self) -> str:
+        return self.gateway.address
+
+    @property
+    def search_address(self) -> str:
+        return f"127.0.0.1:{self.search_port}"
+
+    def start_detector(self) -> BackgroundServer:
+        settings = DetectorSettings(host="127.0.0.1", port=self.detector_port, log_format="text")
+        self.detector = BackgroundServer(build_detector(settings))
+        return self.detector
+
+    def start_search(self) -> BackgroundServer:
+        settings = SearchSettings(
+            host="127.0.0.1", port=self.search_port, log_format="text", path=self.root / "search"
+        )
+        self.search = BackgroundServer(build_search(settings))
+        return self.search
+
+    def stop(self) -> None:
+        for part in (self.gateway, self.search, self.detector):
+            part.stop()
+        self.triton.stop()
