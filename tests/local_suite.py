@@ -34,7 +34,8 @@ class LocalSuite:
     def __init__(self, root: Path, embedder: EmbedderSettings, **gateway_overrides) -> None:
         self.root = root
         self.detector_port, self.search_port, self.gateway_port = free_ports(3)
-        self.triton = TritonServer(embedder.model_repository / "onnx-python", root / "triton").start()
+        self.model_repository = embedder.model_repository
+        self.triton = TritonServer(self.model_repository / "onnx-python", root / "triton").start()
         self.embedder = EmbedderSettings(
             model_repository=embedder.model_repository, triton_url=self.triton.grpc_url, retries=2,
             retry_backoff_s=0.1, request_timeout_s=20,
@@ -59,6 +60,15 @@ class LocalSuite:
     @property
     def search_address(self) -> str:
         return f"127.0.0.1:{self.search_port}"
+
+    def start_triton(self) -> TritonServer:
+        """Triton again, on the ports it had."""
+        old = self.triton
+        self.triton = TritonServer(
+            old.model_repository, old.work_dir, grpc_port=old.grpc_port, http_port=old.http_port,
+            metrics_port=old.metrics_port,
+        ).start()
+        return self.triton
 
     def start_detector(self) -> BackgroundServer:
         settings = DetectorSettings(host="127.0.0.1", port=self.detector_port, log_format="text")

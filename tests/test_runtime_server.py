@@ -165,3 +165,12 @@ def test_bad_settings_stop_the_service_with_a_clear_message(variables, expected)
     assert result.returncode == 2
     assert "invalid detector settings" in result.stderr
     assert expected in result.stderr
+
+
+def test_a_request_that_is_not_protobuf_gets_invalid_argument(detector_server):
+    with grpc.insecure_channel(detector_server.address) as channel:
+        detect = channel.unary_unary("/facesearch.v1.Detector/Detect")
+        with pytest.raises(grpc.RpcError) as caught:
+            detect(b"\x0a\x05ab", timeout=10)  # a field that claims more bytes than there are
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "DetectRequest" in caught.value.details()

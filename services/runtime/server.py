@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.runtime.decoding import DecodeErrorInterceptor
 from services.runtime.metrics import MetricsInterceptor, ServerMetrics
 from services.runtime.settings import ServiceSettings
 
@@ -58,7 +59,7 @@ class GrpcServer:
     async def start(self) -> int:
         limit = self.settings.max_message_mb * 1024 * 1024
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)],
+            interceptors=[MetricsInterceptor(self.metrics), DecodeErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
