@@ -59,3 +59,16 @@ def test_a_broken_config_file_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("FACESEARCH_CONFIG", str(broken))
     with pytest.raises(SettingsError, match="not valid TOML"):
         load_settings(DetectorSettings)
+
+
+def test_gateway_thresholds_come_per_model_from_the_environment(monkeypatch):
+    from gateway.settings import GatewaySettings
+
+    monkeypatch.setenv("FACESEARCH_GATEWAY_SIMILARITY_THRESHOLDS", '{"facenet-casia": 0.5}')
+    settings = load_settings(GatewaySettings)
+    assert settings.threshold("facenet-casia") == 0.5
+    with pytest.raises(ValueError, match="no similarity threshold configured for model 'facenet-vggface2'"):
+        settings.threshold("facenet-vggface2")
+    monkeypatch.setenv("FACESEARCH_GATEWAY_SIMILARITY_THRESHOLDS", '{"facenet-casia": 1.5}')
+    with pytest.raises(SettingsError, match="FACESEARCH_GATEWAY_SIMILARITY_THRESHOLDS"):
+        load_settings(GatewaySettings)
