@@ -146,6 +146,12 @@ class FaceSearchClient:
             if not token:
                 return people
 
+    def cluster_faces(
+        self, *, threshold: float | None = None, min_cluster_size: int = 2
+    ) -> list[facesearch_pb2.FaceCluster]:
+        request = facesearch_pb2.ClusterFacesRequest(similarity_threshold=threshold, min_cluster_size=min_cluster_size)
+        return list(self._call(self._stub.ClusterFaces, request).clusters)
+
     def stats(self) -> facesearch_pb2.StatsResponse:
         return self._call(self._stub.Stats, facesearch_pb2.StatsRequest())
 

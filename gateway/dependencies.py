@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
 
 from gateway.analysis import AnalysedPhoto, FaceAnalyser, FoundFace, PhotoInput
-from gateway.downstream import SearchClient
+from gateway.downstream import Deadline, SearchClient
 from gateway.errors import invalid
 from gateway.settings import GatewaySettings
 
 EMBEDDING_SIZE = 512
+QUERY_VECTORS_PER_CALL = 64  # the search service's default limit
 MAX_ID_LENGTH = 512
 # Namespace of enrolment face ids: one reference per (tenant, person, photo bytes).
 ENROLLMENT_ID_NAMESPACE = uuid.UUID("0c7d5c1e-8e0a-4f57-9a55-5d1a2f3b9e41")
@@ -41,6 +45,23 @@ class Dependencies:
 
     def match_settings(self, threshold: float) -> facesearch_pb2.MatchSettings:
         return facesearch_pb2.MatchSettings(model=self.model, similarity_threshold=threshold)
+
+    async def query(
+        self, tenant: str, vectors: Sequence[np.ndarray], top_k: int, threshold: float, source: int,
+        deadline: Deadline,
+    ) -> list[list[search_pb2.ScoredFace]]:
+        """The stored faces of ``source`` nearest each vector, at or above ``threshold``, best first."""
+        results: list[list[search_pb2.ScoredFace]] = []
+        for start in range(0, len(vectors), QUERY_VECTORS_PER_CALL):
+            chunk = vectors[start : start + QUERY_VECTORS_PER_CALL]
+            request = search_pb2.QueryRequest(
+                tenant=tenant, model=self.model, top_k=top_k, score_threshold=threshold,
+                vectors=[search_pb2.QueryVector(values=np.asarray(v, dtype=np.float32).tolist()) for v in chunk],
+                filter=search_pb2.FaceFilter(source=source),
+            )
+            reply = await self.search.query(request, deadline)
+            results += [list(result.hits) for result in reply.results]
+        return results
 
 
 def photo_input(message: facesearch_pb2.Photo, what: str = "photo") -> PhotoInput:

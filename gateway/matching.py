@@ -23,7 +23,6 @@ from gateway.people import People, check_person_id
 
 GALLERY = search_pb2.FACE_SOURCE_GALLERY
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
-QUERY_VECTORS_PER_CALL = 64  # the search service's default limit
 REFERENCES_PER_PERSON = 10  # reference faces one person may hold in a top-k list
 
 
@@ -75,7 +74,7 @@ class Matcher:
         if analysed.error is not None:
             code, message = analysed.error
             raise GatewayError(code, f"photo: {message}")
-        hits = await self._query(
+        hits = await self.deps.query(
             tenant, [f.vector for f in analysed.faces], top_k * REFERENCES_PER_PERSON, threshold, ENROLLMENT, deadline
         )
         identified = []
@@ -118,7 +117,7 @@ class Matcher:
                 raise not_found(f"no person {person_id!r} is enrolled")
             vectors += [np.asarray(f.vector, dtype=np.float32) for f in enrolled]
 
-        hits = await self._query(tenant, vectors, settings.max_matches, threshold, GALLERY, deadline)
+        hits = await self.deps.query(tenant, vectors, settings.max_matches, threshold, GALLERY, deadline)
         best: dict[str, search_pb2.ScoredFace] = {}
         for face_hits in hits:
             for hit in face_hits:
@@ -136,22 +135,6 @@ class Matcher:
         ]
         more = offset + limit < len(ranked)
         return matches, _encode_page_token(offset + limit, query) if more else ""
-
-    async def _query(
-        self, tenant: str, vectors: list[np.ndarray], top_k: int, threshold: float, source: int, deadline: Deadline
-    ) -> list[list[search_pb2.ScoredFace]]:
-        results: list[list[search_pb2.ScoredFace]] = []
-        for start in range(0, len(vectors), QUERY_VECTORS_PER_CALL):
-            chunk = vectors[start : start + QUERY_VECTORS_PER_CALL]
-            request = search_pb2.QueryRequest(
-                tenant=tenant, model=self.deps.model, top_k=top_k, score_threshold=threshold,
-                vectors=[search_pb2.QueryVector(values=np.asarray(v, dtype=np.float32).tolist()) for v in chunk],
-                filter=search_pb2.FaceFilter(source=source),
-            )
-            reply = await self.deps.search.query(request, deadline)
-            results += [list(result.hits) for result in reply.results]
-        return results
-
 
 def _fingerprint(tenant: str, hashes: list[str], person_id: str, threshold: float) -> str:
     text = json.dumps([tenant, sorted(hashes), person_id, round(threshold, 6)])

@@ -12,6 +12,7 @@ import grpc
 from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
 
 from gateway.auth import ApiKeys, AuthError, Caller
+from gateway.clustering import Clusterer
 from gateway.dependencies import Dependencies, optional_threshold, photo_input
 from gateway.downstream import Deadline
 from gateway.errors import GatewayError, invalid
@@ -70,6 +71,7 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
         self.people = People(deps)
         self.indexer = Indexer(deps)
         self.matcher = Matcher(deps, self.people)
+        self.clusterer = Clusterer(deps, deps.settings.max_cluster_faces)
 
     def caller(self, context: grpc.aio.ServicerContext, scope: str) -> Caller:
         caller = self.keys.authenticate(context.invocation_metadata())
@@ -156,7 +158,9 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
 
     @rpc("read")
     async def ClusterFaces(self, request, context, caller, deadline) -> facesearch_pb2.ClusterFacesResponse:
-        raise GatewayError(grpc.StatusCode.UNIMPLEMENTED, "ClusterFaces is not available in this version")
+        threshold = self.deps.threshold(optional_threshold(request))
+        clusters = await self.clusterer.cluster(caller.tenant, threshold, request.min_cluster_size, deadline)
+        return facesearch_pb2.ClusterFacesResponse(clusters=clusters)
 
     @rpc("read")
     async def Stats(self, request, context, caller, deadline) -> facesearch_pb2.StatsResponse:

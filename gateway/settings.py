@@ -60,6 +60,7 @@ class GatewaySettings(ServiceSettings):
         2.0, ge=1.0, description="Enrolment: a photo with several faces uses the largest only when "
         "it is this many times the area of the next.",
     )
+    max_cluster_faces: int = Field(20_000, ge=1, description="Most gallery faces ClusterFaces groups.")
     min_face_size: int = Field(
         24, ge=0, description="Reference faces (Enroll, Verify, FindMe) smaller than this are not used."
     )

@@ -193,6 +193,26 @@ def test_findme_pages_are_stable_and_tokens_checked(archive, acme) -> None:
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "another FindMe query" in caught.value.message
 
 
+def test_cluster_faces_groups_each_person_and_names_the_enrolled(archive, acme, labels) -> None:
+    enrolled = acme.enroll("M to name a cluster", [photo("photoprism", "4.jpg", "cluster-ref")])
+    try:
+        clusters = acme.cluster_faces()
+        names = {p.person_id: p.display_name for p in acme.list_people()}
+    finally:
+        acme.delete_person(enrolled.person_id)
+    people = {name: set(p["people"]) for name, p in photoprism_photos(labels).items()}
+    for cluster in clusters:
+        in_photos = [f.photo_id for f in cluster.faces]
+        assert len(in_photos) >= 2
+        assert len(in_photos) == len(set(in_photos)), "two faces of one photo are two people"
+        shared = set.intersection(*(people[p] for p in in_photos))
+        assert shared, f"{cluster.cluster_id} mixes people: {in_photos}"
+        if cluster.person_id:  # named after an enrolment of the same person ("person M", "M to name ...")
+            assert shared & set(names[cluster.person_id].split()), (cluster.cluster_id, names[cluster.person_id])
+    largest = clusters[0]
+    assert len(largest.faces) >= 7 and largest.person_id, "the person seen most is one named cluster"
+
+
 # --- Verify and Identify ----------------------------------------------------------------------
 
 
