@@ -15,6 +15,7 @@ from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FaceAnalyser, FoundFace, PhotoInput
 from gateway.downstream import Deadline, SearchClient
 from gateway.errors import invalid
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 
 EMBEDDING_SIZE = 512
@@ -31,6 +32,7 @@ class Dependencies:
     search: SearchClient
     model_id: str
     model_version: str
+    metrics: GatewayMetrics
 
     @property
     def model(self) -> common_pb2.EmbeddingModel:

@@ -71,6 +71,7 @@ class Indexer:
                         pending.append(asyncio.create_task(self._index_batch(tenant, batch, seen, deadline)))
                 while pending and pending[0].done():
                     for result in pending.popleft().result():
+                        self.deps.metrics.photo(result)
                         yield result
         finally:
             for task in (reader, next_batch, *pending):

@@ -90,6 +90,7 @@ class People:
         if records or renamed:
             request = search_pb2.UpsertRequest(tenant=tenant, model=self.deps.model, faces=[*records, *renamed])
             await self.deps.search.upsert(request, deadline)
+            self.deps.metrics.faces_stored.inc(len(records))
         count = await self.deps.search.count(
             search_pb2.CountRequest(
                 tenant=tenant, model_id=self.deps.model_id,

@@ -11,6 +11,7 @@ from gateway.analysis import FaceAnalyser
 from gateway.auth import ApiKeys
 from gateway.dependencies import Dependencies
 from gateway.downstream import DetectorClient, Retrying, SearchClient
+from gateway.metrics import GatewayMetrics
 from gateway.service import FaceSearchService
 from gateway.settings import GatewaySettings
 from services.embedder.factory import create_embedder
@@ -49,7 +50,9 @@ class GatewayServer(GrpcServer):
             detector, embedder, batch_size=settings.detect_batch_size, concurrency=settings.index_concurrency,
             max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
         )
-        deps = Dependencies(settings, analyser, search, embedder.model_id, embedder.model_version)
+        deps = Dependencies(
+            settings, analyser, search, embedder.model_id, embedder.model_version, GatewayMetrics(self.metrics.registry)
+        )
         deps.threshold()  # the model in use must have a threshold: fail at start, not per call
         self.servicer = FaceSearchService(deps, self.keys)
         facesearch_pb2_grpc.add_FaceSearchServicer_to_server(self.servicer, server)

@@ -47,7 +47,7 @@ class LocalSuite:
         self.gateway_settings = GatewaySettings(
             host="127.0.0.1", port=self.gateway_port, log_format="text",
             detector_address=f"127.0.0.1:{self.detector_port}", search_address=f"127.0.0.1:{self.search_port}",
-            downstream_retries=2, retry_backoff_s=0.1, **gateway_overrides,
+            downstream_retries=2, retry_backoff_s=0.1, metrics_port=0, **gateway_overrides,
         )
         self.gateway = BackgroundServer(
             build_gateway(self.gateway_settings, self.embedder, ApiKeys.parse(lines, "test keys"))

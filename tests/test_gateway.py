@@ -4,12 +4,14 @@ Triton serving FaceNet, search on the edge store), real photos, the Python clien
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc, search_pb2, search_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.client import AsyncFaceSearchClient, FaceSearchClient, FaceSearchError
 from tests.conftest import DATA, photo_bytes
@@ -111,6 +113,20 @@ def test_an_edited_photo_replaces_its_old_faces(acme, search) -> None:
     assert second.status == facesearch_pb2.PHOTO_STATUS_INDEXED and second.faces_stored == 1
     assert count(search, "acme", photo_ids=["edited"]) == 1
     acme.delete_photo("edited")
+
+
+def test_indexed_photos_are_counted_in_the_metrics(archive, suite, labels) -> None:
+    port = suite.gateway.server.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {
+        (sample.name, sample.labels.get("status", "")): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+    photos = photoprism_photos(labels)
+    assert samples[("facesearch_gateway_photos_total", "indexed")] >= sum(1 for p in photos.values() if p["faces"])
+    assert samples[("facesearch_gateway_photos_total", "no_face")] >= sum(1 for p in photos.values() if not p["faces"])
+    assert samples[("facesearch_gateway_faces_stored_total", "")] >= sum(p["faces"] for p in photos.values())
+    assert any(name == "facesearch_grpc_requests_total" for name, _ in samples)
 
 
 def test_bad_photos_in_a_stream_fail_alone(archive, acme) -> None:
