@@ -21,6 +21,7 @@ from gateway.errors import GatewayError
 from services.embedder.base import Embedder, EmbedderError, EmbedderUnavailable
 
 CROP_SIDE = 160
+MAX_ID_LENGTH = 512
 
 
 @dataclass
@@ -99,6 +100,8 @@ class FaceAnalyser:
         return results
 
     def _check(self, photo: PhotoInput) -> tuple[grpc.StatusCode, str] | None:
+        if len(photo.id) > MAX_ID_LENGTH:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"the photo id is longer than {MAX_ID_LENGTH} characters"
         if not photo.content:
             return grpc.StatusCode.INVALID_ARGUMENT, "the photo is empty"
         if len(photo.content) > self.max_photo_bytes:

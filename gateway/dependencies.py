@@ -20,7 +20,6 @@ from gateway.settings import GatewaySettings
 
 EMBEDDING_SIZE = 512
 QUERY_VECTORS_PER_CALL = 64  # the search service's default limit
-MAX_ID_LENGTH = 512
 # Namespace of enrolment face ids: one reference per (tenant, person, photo bytes).
 ENROLLMENT_ID_NAMESPACE = uuid.UUID("0c7d5c1e-8e0a-4f57-9a55-5d1a2f3b9e41")
 
@@ -66,9 +65,7 @@ class Dependencies:
         return results
 
 
-def photo_input(message: facesearch_pb2.Photo, what: str = "photo") -> PhotoInput:
-    if len(message.id) > MAX_ID_LENGTH:
-        raise invalid(f"{what}: id is longer than {MAX_ID_LENGTH} characters")
+def photo_input(message: facesearch_pb2.Photo) -> PhotoInput:
     return PhotoInput(content=message.content, id=message.id, uri=message.uri, metadata=dict(message.metadata))
 
 

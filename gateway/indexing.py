@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from facesearch.v1 import facesearch_pb2, search_pb2
@@ -36,12 +36,17 @@ class Indexer:
         self.deps = deps
 
     async def index_stream(
-        self, tenant: str, photos: AsyncIterator[PhotoInput], deadline: Deadline
+        self, tenant: str, photos: AsyncIterator[PhotoInput], batch_deadline: Callable[[], Deadline]
     ) -> AsyncIterator[facesearch_pb2.PhotoResult]:
-        """One result per photo, in the order the photos came; batches overlap."""
+        """One result per photo, in the order the photos came; batches overlap.
+
+        A stream may run for hours (a backfill): each batch gets its own deadline from
+        ``batch_deadline`` (what is left of the caller's, at most the request timeout)."""
         batch_size = self.deps.settings.detect_batch_size
         queue: asyncio.Queue[PhotoInput | None] = asyncio.Queue(maxsize=batch_size * 2)
-        seen: dict[str, str] = {}  # content hash -> photo id, in this stream
+        # Content hash -> photo id of the photos in batches not finished yet; once a batch
+        # is stored, the store itself knows its photos.
+        seen: dict[str, str] = {}
 
         async def read() -> None:
             try:
@@ -68,9 +73,12 @@ class Indexer:
                     batch, finished = next_batch.result()
                     next_batch = None
                     if batch:
-                        pending.append(asyncio.create_task(self._index_batch(tenant, batch, seen, deadline)))
+                        task = self._index_batch(tenant, batch, seen, batch_deadline())
+                        pending.append(asyncio.create_task(task))
                 while pending and pending[0].done():
                     for result in pending.popleft().result():
+                        if seen.get(result.content_hash) == result.photo_id:
+                            del seen[result.content_hash]
                         self.deps.metrics.photo(result)
                         yield result
         finally:

@@ -83,7 +83,7 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
 
     @rpc("write")
     async def Enroll(self, request, context, caller, deadline) -> facesearch_pb2.EnrollResponse:
-        photos = [photo_input(p, f"photo {i}") for i, p in enumerate(request.photos)]
+        photos = [photo_input(p) for p in request.photos]
         person_id, results, count = await self.people.enroll(
             caller.tenant, request.person_id, request.display_name, photos, deadline
         )
@@ -98,14 +98,14 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
             async for request in requests:
                 yield photo_input(request.photo)
 
-        async for result in self.indexer.index_stream(caller.tenant, photos(), deadline):
+        async for result in self.indexer.index_stream(caller.tenant, photos(), lambda: self.deadline(context)):
             yield facesearch_pb2.IndexPhotosResponse(result=result)
 
     @rpc("read")
     async def Verify(self, request, context, caller, deadline) -> facesearch_pb2.VerifyResponse:
         threshold = self.deps.threshold(optional_threshold(request))
         verdict = await self.matcher.verify(
-            photo_input(request.a, "photo a"), photo_input(request.b, "photo b"), threshold, deadline
+            photo_input(request.a), photo_input(request.b), threshold, deadline
         )
         return facesearch_pb2.VerifyResponse(
             same_person=verdict.same_person, similarity=verdict.similarity, distance=verdict.distance,
@@ -123,7 +123,7 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
     @rpc("read")
     async def FindMe(self, request, context, caller, deadline) -> facesearch_pb2.FindMeResponse:
         threshold = self.deps.threshold(optional_threshold(request))
-        references = [photo_input(p, f"reference {i}") for i, p in enumerate(request.references)]
+        references = [photo_input(p) for p in request.references]
         matches, token = await self.matcher.find_me(
             caller.tenant, references, request.person_id, threshold, request.limit, request.page_token, deadline
         )

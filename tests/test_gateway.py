@@ -133,6 +133,7 @@ def test_bad_photos_in_a_stream_fail_alone(archive, acme) -> None:
     results = list(acme.index([
         facesearch_pb2.Photo(id="corrupt", content=b"\xff\xd8\xff\xe0 definitely not a jpeg"),
         facesearch_pb2.Photo(id="empty", content=b""),
+        facesearch_pb2.Photo(id="x" * 600, content=photo_bytes("compreface", "009_C.jpg")),
         photo("compreface", "017_0.jpg"),
         photo("compreface", "007_B.jpg", "b-in-stream"),
     ]))
@@ -140,6 +141,7 @@ def test_bad_photos_in_a_stream_fail_alone(archive, acme) -> None:
     assert statuses == {
         "corrupt": facesearch_pb2.PHOTO_STATUS_INVALID, "empty": facesearch_pb2.PHOTO_STATUS_INVALID,
         "017_0.jpg": facesearch_pb2.PHOTO_STATUS_NO_FACE, "b-in-stream": facesearch_pb2.PHOTO_STATUS_INDEXED,
+        "x" * 600: facesearch_pb2.PHOTO_STATUS_INVALID,
     }
     assert "empty" in results[1].message
     assert acme.delete_photo("b-in-stream") == 1
