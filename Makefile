@@ -22,6 +22,7 @@ bench: venv
 	$(PY) -m bench.detector_throughput
 	$(PY) -m bench.embedder_throughput
 	$(PY) -m bench.search_latency --points 100000
+	$(PY) -m bench.gateway_end_to_end
 
 ## Regenerate the Python code for protos/ (committed; a test fails when it is stale).
 protos: venv
