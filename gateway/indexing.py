@@ -231,5 +231,8 @@ def _result(photo: AnalysedPhoto) -> facesearch_pb2.PhotoResult:
         result.message = "no usable face found" + skipped
     else:
         result.status = facesearch_pb2.PHOTO_STATUS_INDEXED
-        result.faces_found = result.faces_stored = len(photo.faces)
+        result.faces_stored = len(photo.faces)
+        if photo.blurred_skipped:
+            result.message = f"{photo.blurred_skipped} blurred face(s) left out"
+    result.faces_found = len(photo.faces) + photo.blurred_skipped
     return result

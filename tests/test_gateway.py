@@ -129,6 +129,16 @@ def test_indexed_photos_are_counted_in_the_metrics(archive, suite, labels) -> No
     assert any(name == "facesearch_grpc_requests_total" for name, _ in samples)
 
 
+def test_blurred_faces_are_found_but_not_stored(acme, labels) -> None:
+    [result] = acme.index([photo("compreface", "016_8.jpg", "crowd")])
+    try:
+        assert result.faces_found == labels["compreface"]["photos"]["016_8.jpg"]["faces"]
+        assert 0 < result.faces_stored < result.faces_found
+        assert f"{result.faces_found - result.faces_stored} blurred" in result.message
+    finally:
+        acme.delete_photo("crowd")
+
+
 def test_bad_photos_in_a_stream_fail_alone(archive, acme) -> None:
     results = list(acme.index([
         facesearch_pb2.Photo(id="corrupt", content=b"\xff\xd8\xff\xe0 definitely not a jpeg"),
