@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KEY_PREFIX = "fs_"
+# The local tenant's key, made by `facesearch up` when no keys are configured.
+LOCAL_TENANT = "local"
+LOCAL_KEYS_FILE = Path("var/gateway/api_keys")
+LOCAL_KEY_FILE = Path("var/gateway/local.key")
 SCOPES = ("read", "write")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH = re.compile(r"^[0-9a-f]{64}$")

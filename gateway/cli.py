@@ -1,4 +1,5 @@
-"""The ``facesearch`` command."""
+"""The ``facesearch`` command: ``up`` and the services' own commands here; the commands that
+talk to the gateway are in gateway/commands.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from gateway.commands import add_commands
 from services.embedder.provisioning import FLAVOURS
 
 EXIT_OK = 0
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     detect.add_argument("--json", action="store_true", help="one JSON object per photo")
     detect.add_argument("--batch", type=int, default=8, help="photos per DetectBatch call")
     detect.set_defaults(handler=_detect)
+
+    add_commands(commands)
 
     args = parser.parse_args(argv)
     return args.handler(args)

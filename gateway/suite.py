@@ -16,10 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE, LOCAL_TENANT, add_key
+from gateway.settings import GatewaySettings
 from services.detector.settings import DetectorSettings
 from services.embedder.settings import EmbedderSettings
 from services.runtime.settings import load_settings
@@ -44,7 +47,7 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
 
-DEFAULT_METRICS_PORTS = {"detector": 9101, "embedder": 8002, "search": 9102}
+DEFAULT_METRICS_PORTS = {"gateway": 9100, "detector": 9101, "embedder": 8002, "search": 9102}
 EMBEDDER_STARTUP_TIMEOUT_S = 600.0  # the first start converts the weights before Triton starts
 
 
@@ -53,6 +56,17 @@ def default_suite() -> list[ServiceProcess]:
     detector = load_settings(DetectorSettings)
     embedder = load_settings(EmbedderSettings)
     search = load_settings(SearchSettings)
+    gateway = load_settings(GatewaySettings)
+    gateway_env = {
+        "FACESEARCH_GATEWAY_DETECTOR_ADDRESS": f"127.0.0.1:{detector.port}",
+        "FACESEARCH_GATEWAY_SEARCH_ADDRESS": f"127.0.0.1:{search.port}",
+        "FACESEARCH_EMBEDDER_TRITON_URL": f"127.0.0.1:{embedder.port}",
+    }
+    key_note = ""
+    if gateway.api_keys_file is None and not gateway.api_keys:
+        keys_file, key_file = ensure_local_key()
+        gateway_env["FACESEARCH_GATEWAY_API_KEYS_FILE"] = str(keys_file)
+        key_note = f"  (API key of tenant '{LOCAL_TENANT}' in {key_file})"
     return [
         ServiceProcess(
             "detector",
@@ -78,7 +92,29 @@ def default_suite() -> list[ServiceProcess]:
             metrics_port=search.metrics_port or DEFAULT_METRICS_PORTS["search"],
             extra=f"  ({search.backend} store in {search.path})" if search.backend == "edge" else "",
         ),
+        # Last: its readiness means the suite is ready (it connects to the others lazily).
+        ServiceProcess(
+            "gateway",
+            "gateway",
+            port=gateway.port,
+            metrics_port=gateway.metrics_port or DEFAULT_METRICS_PORTS["gateway"],
+            env=gateway_env,
+            extra=key_note,
+        ),
     ]
+
+
+def ensure_local_key() -> tuple[Path, Path]:
+    """The local tenant's API key for a machine running the suite for itself: made on the
+    first `up` (its hash in the keys file, the key in a private file the commands read)."""
+    keys_file, key_file = LOCAL_KEYS_FILE.resolve(), LOCAL_KEY_FILE.resolve()
+    if not (keys_file.is_file() and key_file.is_file()):
+        key = add_key(keys_file, LOCAL_TENANT)
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(key + "\n")
+    return keys_file, key_file
 
 
 def triton_ready(model: str, version: str) -> Callable[[ServiceProcess, float], None]:

@@ -68,3 +68,14 @@ def detector(detector_server: BackgroundServer) -> Iterator[detector_pb2_grpc.De
         detector_server.address, options=[("grpc.max_send_message_length", 512 * 1024 * 1024)]
     ) as channel:
         yield detector_pb2_grpc.DetectorStub(channel)
+
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory: pytest.TempPathFactory):
+    """The whole suite on loopback (see tests/local_suite.py), shared by the tests of the gateway."""
+    from tests.local_suite import LocalSuite, prepare_model_repository
+
+    embedder = prepare_model_repository(tmp_path_factory.mktemp("models"))
+    suite = LocalSuite(tmp_path_factory.mktemp("suite"), embedder)
+    yield suite
+    suite.stop()

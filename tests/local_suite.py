@@ -20,7 +20,7 @@ from services.search.settings import SearchSettings
 from tests.conftest import free_ports
 
 # Tenants and their keys (the gateway only knows the hashes).
-KEYS = {"acme": "fs_test_acme_key", "globex": "fs_test_globex_key"}
+KEYS = {"acme": "fs_test_acme_key", "globex": "fs_test_globex_key", "cli": "fs_test_cli_key"}
 READ_ONLY_KEY = ("acme", "fs_test_acme_read_only")
 
 

@@ -15,17 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.client import AsyncFaceSearchClient, FaceSearchClient, FaceSearchError
 from tests.conftest import DATA, photo_bytes
-from tests.local_suite import KEYS, READ_ONLY_KEY, LocalSuite, prepare_model_repository
+from tests.local_suite import KEYS, READ_ONLY_KEY, LocalSuite
 
 PHOTOPRISM = DATA / "photoprism"
-
-
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSuite]:
-    embedder = prepare_model_repository(tmp_path_factory.mktemp("models"))
-    suite = LocalSuite(tmp_path_factory.mktemp("suite"), embedder)
-    yield suite
-    suite.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,113 @@
+"""The facesearch commands that talk to the gateway, against the whole suite on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from gateway.auth import ApiKeys
+from gateway.cli import main
+from tests.conftest import free_ports, photo_path
+from tests.local_suite import KEYS
+
+
+@pytest.fixture
+def cli(suite, capsys):
+    """Runs `facesearch ARGS --address ... --api-key ...` as tenant "cli"; returns (status, stdout, stderr)."""
+
+    def run(*args: str, key: str | None = KEYS["cli"], address: str | None = None):
+        command, *rest = args
+        options = ["--address", address or suite.address] + (["--api-key", key] if key is not None else [])
+        status = main([command, *options, *rest])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture
+def folder(tmp_path):
+    album = tmp_path / "album"
+    (album / "trip").mkdir(parents=True)
+    for name in ["2.jpg", "4.jpg", "9.jpg"]:
+        shutil.copy(photo_path("photoprism", name), album / name)
+    shutil.copy(photo_path("photoprism", "overlap/1.jpg"), album / "trip" / "together.JPG")
+    (album / "notes.txt").write_text("not a photo")
+    return album
+
+
+def test_index_a_folder_then_again_then_with_a_corrupt_photo(cli, folder):
+    status, out, err = cli("index", str(folder), "--json")
+    assert status == 0, err
+    results = {r["photo_id"]: r for r in map(json.loads, out.splitlines())}
+    assert set(results) == {"2.jpg", "4.jpg", "9.jpg", "trip/together.JPG"}
+    assert results["trip/together.JPG"]["faces_stored"] == 2 and results["9.jpg"]["status"] == "no_face"
+    assert "3 indexed, 0 duplicate, 1 no_face, 0 invalid, 0 failed" in err
+
+    status, _, err = cli("index", str(folder))
+    assert status == 0 and "0 indexed, 3 duplicate, 1 no_face" in err
+
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    status, _, err = cli("index", str(folder))
+    assert status == 1 and "broken.jpg: invalid" in err and "1 invalid" in err
+
+
+def test_enroll_findme_html_verify_identify_and_delete(cli, folder, tmp_path):
+    assert cli("index", str(folder))[0] == 0
+    status, out, _ = cli("enroll", "Marco", str(photo_path("photoprism", "2.jpg")))
+    assert status == 0 and "1 reference face(s)" in out
+    person_id = re.search(r"person (\w+)", out).group(1)
+
+    sheet = tmp_path / "marco.html"
+    status, out, err = cli("findme", "--person", "marco", "--html", str(sheet))
+    assert status == 0, err
+    found = [line.split()[1] for line in out.splitlines()]
+    assert set(found) == {"2.jpg", "4.jpg", "trip/together.JPG"}
+    page = sheet.read_text()
+    assert page.count('src="data:image/jpeg;base64,') == 3 and "trip/together.JPG" in page
+    by_photo = cli("findme", "--me", str(photo_path("photoprism", "4.jpg")))[1]
+    assert {line.split()[1] for line in by_photo.splitlines()} == set(found)
+
+    same = cli("verify", str(photo_path("compreface", "002_A.jpg")), str(photo_path("compreface", "004_A.jpg")))
+    different = cli("verify", str(photo_path("compreface", "002_A.jpg")), str(photo_path("compreface", "009_C.jpg")))
+    assert (same[0], different[0]) == (0, 1)
+    assert "same person" in same[1] and "different people" in different[1] and "facenet-casia" in same[1]
+
+    status, out, _ = cli("identify", str(photo_path("photoprism", "overlap/4.jpg")))
+    assert status == 0 and "2 face(s)" in out and "Marco" in out and "unknown" in out
+    assert f"{person_id}  Marco" in cli("people")[1]
+    assert "3 photos, 4 faces, 1 people" in cli("stats")[1], "photos with faces; 9.jpg has none"
+
+    assert cli("delete-person", person_id)[0] == 0
+    assert cli("findme", "--person", "Marco")[0] == 2, "the name is no one now"
+    assert cli("delete-photo", "trip/together.JPG")[1].strip() == "deleted 2 face(s)"
+    assert cli("delete-photo", "trip/together.JPG")[0] == 1, "NOT_FOUND the second time"
+    for photo_id in ["2.jpg", "4.jpg"]:
+        cli("delete-photo", photo_id)
+
+
+def test_exit_codes_for_keys_missing_refused_and_a_gateway_not_there(cli, monkeypatch, tmp_path):
+    monkeypatch.delenv("FACESEARCH_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # no var/gateway/local.key here
+    status, _, err = cli("stats", key=None)
+    assert status == 2 and "no API key" in err
+    status, _, err = cli("stats", key="fs_wrong")
+    assert status == 4 and "UNAUTHENTICATED" in err
+    [port] = free_ports(1)
+    status, _, err = cli("stats", address=f"127.0.0.1:{port}")
+    assert status == 3 and "UNAVAILABLE" in err
+    status, _, err = cli("verify", "missing-a.jpg", "missing-b.jpg")
+    assert status == 2 and "no such file" in err
+
+
+def test_keys_add_prints_a_key_that_only_its_hash_is_stored_for(tmp_path, capsys):
+    path = tmp_path / "keys"
+    assert main(["keys", "add", "hooli", "--read-only", "--file", str(path)]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key not in path.read_text()
+    caller = ApiKeys.load(path).authenticate([("authorization", f"Bearer {key}")])
+    assert (caller.tenant, caller.scope) == ("hooli", "read")
+    assert main(["keys", "add", "bad tenant", "--file", str(path)]) == 2
