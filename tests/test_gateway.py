@@ -384,6 +384,7 @@ def huge_png() -> bytes:
         (lambda c: c.verify(photo("compreface", "002_A.jpg"), b""), "empty"),
         (lambda c: c.verify(photo("compreface", "017_0.jpg"), photo("compreface", "002_A.jpg")), "no face"),
         (lambda c: c.verify(huge_png(), photo("compreface", "002_A.jpg")), "pixels"),
+        (lambda c: c.identify(b"\xff\xd8" + bytes(51 * 2**20)), "over the limit"),
         (lambda c: c.identify(b"\x00" * 100), "photo"),
         (lambda c: c.find_me(), "reference photos"),
         (lambda c: c.find_me([photo("compreface", "002_A.jpg")], threshold=1.5), "similarity_threshold"),
