@@ -219,6 +219,36 @@ class AsyncFaceSearchClient:
         request = _Requests.find_me(references, person_id, threshold, limit, page_token)
         return await self._call(self._stub.FindMe, request)
 
+    async def find_me_all(
+        self, references: Iterable[PhotoLike] = (), *, person_id: str = "", threshold: float | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[facesearch_pb2.PhotoMatch]:
+        references = [as_photo(p) for p in references]
+        token = ""
+        while True:
+            reply = await self.find_me(references, person_id=person_id, threshold=threshold, limit=page_size,
+                                       page_token=token)
+            for match in reply.matches:
+                yield match
+            token = reply.next_page_token
+            if not token:
+                return
+
+    async def list_people(self) -> list[facesearch_pb2.Person]:
+        people, token = [], ""
+        while True:
+            reply = await self._call(self._stub.ListPeople, facesearch_pb2.ListPeopleRequest(page_token=token))
+            people += reply.people
+            token = reply.next_page_token
+            if not token:
+                return people
+
+    async def cluster_faces(
+        self, *, threshold: float | None = None, min_cluster_size: int = 2
+    ) -> list[facesearch_pb2.FaceCluster]:
+        request = facesearch_pb2.ClusterFacesRequest(similarity_threshold=threshold, min_cluster_size=min_cluster_size)
+        return list((await self._call(self._stub.ClusterFaces, request)).clusters)
+
     async def delete_person(self, person_id: str) -> int:
         request = facesearch_pb2.DeletePersonRequest(person_id=person_id)
         return (await self._call(self._stub.DeletePerson, request)).faces_deleted

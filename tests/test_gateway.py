@@ -477,6 +477,10 @@ def test_the_async_client_runs_calls_concurrently(archive, suite) -> None:
             )
             results = [r async for r in client.index([photo("compreface", "014_5.jpg", "async")])]
             assert results[0].faces_stored == 5
+            enrolled = await client.enroll("Async A", [photo("compreface", "002_A.jpg")])
+            assert "Async A" in {p.display_name for p in await client.list_people()}
+            assert [m.photo_id async for m in client.find_me_all(person_id=enrolled.person_id)] == []
+            assert await client.delete_person(enrolled.person_id) == 1
             assert await client.delete_photo("async") == 5
             return verdicts
 
