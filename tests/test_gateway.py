@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,7 +16,6 @@ from gateway.client import AsyncFaceSearchClient, FaceSearchClient, FaceSearchEr
 from tests.conftest import DATA, photo_bytes
 from tests.local_suite import KEYS, READ_ONLY_KEY, LocalSuite
 
-PHOTOPRISM = DATA / "photoprism"
 
 
 @pytest.fixture(scope="module")
