@@ -17,7 +17,6 @@ from tests.conftest import DATA, photo_bytes
 from tests.local_suite import KEYS, READ_ONLY_KEY, LocalSuite
 
 
-
 @pytest.fixture(scope="module")
 def acme(suite: LocalSuite) -> Iterator[FaceSearchClient]:
     with FaceSearchClient(suite.address, KEYS["acme"], timeout_s=120) as client:
