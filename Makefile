@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FACESEARCH_VENV := $(VENV)
 
-.PHONY: run test bench protos venv clean
+.PHONY: run test lint format bench protos venv clean
 
 venv:
 	@scripts/bootstrap.sh
@@ -12,9 +12,18 @@ venv:
 run: venv
 	$(VENV)/bin/facesearch up
 
-## Run the whole test suite.
-test: venv
+## Check the style (ruff lint and format), then run the whole test suite.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Style checks alone; `make format` fixes what can be fixed.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 ## Run the benchmarks; results are written under bench/results/.
 ## (The search benchmark at 1M points: $(PY) -m bench.search_latency --points 1000000, about an hour.)

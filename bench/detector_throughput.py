@@ -29,8 +29,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 
+from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector.server import build_server
 from services.detector.settings import DetectorSettings
 from services.runtime.background import BackgroundServer
@@ -105,9 +105,9 @@ def detect_batch(stub: detector_pb2_grpc.DetectorStub, photos: list[Photo]) -> d
             found[photo.key] = None
         else:
             faces = item.detection.faces
-            found[photo.key] = np.array(
-                [[f.box.x_min, f.box.y_min, f.box.x_max, f.box.y_max] for f in faces]
-            ).reshape(-1, 4)
+            found[photo.key] = np.array([[f.box.x_min, f.box.y_min, f.box.x_max, f.box.y_max] for f in faces]).reshape(
+                -1, 4
+            )
     return found
 
 
@@ -248,9 +248,7 @@ def markdown(result: dict) -> str:
         "Photos where the counts differ (labelled / facesearch / naive):",
         "",
     ]
-    differing = [
-        r for r in result["per_photo"] if len({r["labelled"], r["facesearch"], r["naive"]}) > 1
-    ]
+    differing = [r for r in result["per_photo"] if len({r["labelled"], r["facesearch"], r["naive"]}) > 1]
     lines += [f"- {r['photo']}: {r['labelled']} / {r['facesearch']} / {r['naive']}" for r in differing]
     if not differing:
         lines.append("- none")

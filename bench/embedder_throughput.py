@@ -66,11 +66,11 @@ import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 
-from services.embedder.factory import create_embedder
-from services.embedder.provisioning import prepare_models
-from services.embedder.serve import build_server, check_servable
+from services.embedder.client.factory import create_embedder
+from services.embedder.serving.provisioning import prepare_models
+from services.embedder.serving.serve import build_server, check_servable
+from services.embedder.serving.triton_server import TritonServer
 from services.embedder.settings import EmbedderSettings
-from services.embedder.triton_server import TritonServer
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path(os.environ.get("FACESEARCH_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -361,8 +361,10 @@ def tune(args: argparse.Namespace, repository: Path, work: Path, faces: np.ndarr
                 "average_batch": result["triton"]["average_batch"],
             }
         )
-        print(f"  config {config.label:>10}: {result['faces_per_s']:8.1f} faces/s, "
-              f"average batch {result['triton']['average_batch']}")
+        print(
+            f"  config {config.label:>10}: {result['faces_per_s']:8.1f} faces/s, "
+            f"average batch {result['triton']['average_batch']}"
+        )
     # At the highest concurrency the queue is never empty, so the queue delay hardly matters
     # there, while at low concurrency it is added to lone requests: among the candidates
     # within TUNING_TIE of the fastest, the shortest delay wins (then the faster).
@@ -381,8 +383,8 @@ def measure_torch_one_at_a_time(
     """The baseline: ServedFaceNet(load_casia_facenet()) in this process, one crop per forward call,
     result copied back to the CPU each time, with each of ``thread_counts`` torch threads in turn.
     Returns the summary per thread count and the crops' vectors."""
-    from services.embedder.weights.facenet_casia import load_casia_facenet
-    from services.embedder.weights.onnx_export import ServedFaceNet
+    from services.embedder.serving.weights.facenet_casia import load_casia_facenet
+    from services.embedder.serving.weights.onnx_export import ServedFaceNet
 
     model = ServedFaceNet(load_casia_facenet()).to(device)
     if precision == "fp16":
@@ -485,7 +487,7 @@ def latency_summary(latencies: list[float]) -> dict:
     }
 
 
-def machine_facts(args: argparse.Namespace, triton_version: str) -> dict:
+def machine_facts(_args: argparse.Namespace, triton_version: str) -> dict:
     import onnxruntime
 
     processor = platform.processor() or platform.machine()
@@ -680,8 +682,11 @@ def markdown(result: dict) -> str:
         )
     lines += ["", f"**Target {'met' if verdict['target_met'] else 'not met'}.**", ""]
     if cpu:
-        lines += ["Where the speed-up comes from (per pass: ONNX Runtime vs torch, both one crop per run; "
-                  "batching in the model alone; Triton at its best vs ONNX Runtime one crop per run in-process):", ""]
+        lines += [
+            "Where the speed-up comes from (per pass: ONNX Runtime vs torch, both one crop per run; "
+            "batching in the model alone; Triton at its best vs ONNX Runtime one crop per run in-process):",
+            "",
+        ]
         for number, run in enumerate(result["passes"], 1):
             torch_best = max(run[k]["faces_per_s"] for k in ("baseline", "baseline_1_thread") if k in run)
             onnx_one = run["onnx_one_at_a_time"]["faces_per_s"]
@@ -787,8 +792,10 @@ def main() -> None:
         print(f"crops: detecting faces in {args.data} ...")
         crops, crop_info = detect_crops(args.data, args.detector_threads)
         faces = repeat_faces(crops, args.faces)
-        print(f"  {crop_info['crops']} crops from {crop_info['photos']} photos in {crop_info['detection_seconds']} s; "
-              f"{len(faces)} faces per measurement")
+        print(
+            f"  {crop_info['crops']} crops from {crop_info['photos']} photos in {crop_info['detection_seconds']} s; "
+            f"{len(faces)} faces per measurement"
+        )
 
         print(f"models: preparing {args.flavour} in {repository} ...")
         first = embedder_settings(args, repository, work / "triton", args.configs[0])
@@ -820,9 +827,11 @@ def main() -> None:
                 for concurrency in args.concurrency:
                     result = measure_triton(server, settings, faces, concurrency, args.faces_per_request)
                     run["triton"].append(result)
-                    print(f"  pass {number} Triton c={concurrency:<3}: {result['faces_per_s']:9.1f} faces/s, "
-                          f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-                          f"average batch {result['triton']['average_batch']}")
+                    print(
+                        f"  pass {number} Triton c={concurrency:<3}: {result['faces_per_s']:9.1f} faces/s, "
+                        f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                        f"average batch {result['triton']['average_batch']}"
+                    )
                 by_threads, baseline_vectors = measure_torch_one_at_a_time(
                     faces, crops, thread_counts, args.device, args.precision
                 )
@@ -830,8 +839,10 @@ def main() -> None:
                 if 1 in by_threads and args.threads != 1:
                     run["baseline_1_thread"] = by_threads[1]
                 for threads, summary in by_threads.items():
-                    print(f"  pass {number} baseline torch one at a time, {threads} thread(s): "
-                          f"{summary['faces_per_s']:.1f} faces/s")
+                    print(
+                        f"  pass {number} baseline torch one at a time, {threads} thread(s): "
+                        f"{summary['faces_per_s']:.1f} faces/s"
+                    )
                 if args.flavour == "onnx-python":
                     run["onnx_one_at_a_time"] = measure_onnx_inprocess(settings, faces, 1, config.intra_op_threads)
                     run["model_alone"] = measure_onnx_inprocess(

@@ -2,7 +2,7 @@
 
 Everything runs in this process, in this order, on the same photos:
 
-1. The suite (``tests.local_suite.LocalSuite``): detector, a real Triton serving FaceNet
+1. The suite (``launcher.in_process.LocalSuite``): detector, a real Triton serving FaceNet
    (the ``--models`` repository, default var/models), search on the edge store and the
    gateway, on loopback, with the project's default settings.
 2. IndexPhotos: ``--photos`` photos (every photo in labels.json, photoprism first, repeated
@@ -49,11 +49,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2, search_pb2_grpc
 
 from bench.search_latency import face_vectors
-from gateway.client import FaceSearchClient
-from tests.local_suite import KEYS, LocalSuite, prepare_model_repository
+from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2, search_pb2_grpc
+from launcher.in_process import KEYS, LocalSuite, prepare_model_repository
+from sdk.client import FaceSearchClient
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path(os.environ.get("FACESEARCH_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -148,8 +148,11 @@ def fill_gallery(search: search_pb2_grpc.SearchStub, vectors: np.ndarray) -> flo
         for i in range(start, min(start + UPSERT_BATCH, len(vectors))):
             photo_id = f"synthetic-{i:06d}"
             payload = search_pb2.FacePayload(
-                photo_id=photo_id, photo_uri=photo_id, photo_hash=hashlib.sha256(photo_id.encode()).hexdigest(),
-                face_index=0, source=GALLERY,
+                photo_id=photo_id,
+                photo_uri=photo_id,
+                photo_hash=hashlib.sha256(photo_id.encode()).hexdigest(),
+                face_index=0,
+                source=GALLERY,
             )
             faces.append(search_pb2.FaceRecord(vector=vectors[i].tolist(), payload=payload))
         search.Upsert(search_pb2.UpsertRequest(tenant=TENANT, model=MODEL, faces=faces), timeout=120)
@@ -178,9 +181,11 @@ def run_gateway(args: argparse.Namespace, photos: list[BenchPhoto], synthetic: n
     embedder = prepare_model_repository(args.models)
     suite = LocalSuite(work, embedder)
     try:
-        with FaceSearchClient(suite.address, KEYS[TENANT]) as client, \
-                FaceSearchClient(suite.address, KEYS["globex"]) as other, \
-                grpc.insecure_channel(suite.search_address) as channel:
+        with (
+            FaceSearchClient(suite.address, KEYS[TENANT]) as client,
+            FaceSearchClient(suite.address, KEYS["globex"]) as other,
+            grpc.insecure_channel(suite.search_address) as channel,
+        ):
             search = search_pb2_grpc.SearchStub(channel)
             smallest = min(photos, key=lambda p: len(p.content))
             list(other.index([smallest.message()]))  # warm-up (another tenant), not timed
@@ -199,8 +204,9 @@ def run_gateway(args: argparse.Namespace, photos: list[BenchPhoto], synthetic: n
             by_photo, photo_answer = timed(lambda: client.find_me([reference], limit=FIND_LIMIT), args.queries)
             enrolled = client.enroll(f"person {PERSON}", [reference])
             person_id = enrolled.person_id
-            by_person, person_answer = timed(lambda: client.find_me(person_id=person_id, limit=FIND_LIMIT),
-                                             args.queries)
+            by_person, person_answer = timed(
+                lambda: client.find_me(person_id=person_id, limit=FIND_LIMIT), args.queries
+            )
             threshold = person_answer.settings.similarity_threshold
     finally:
         suite.stop()
@@ -232,7 +238,7 @@ class Naive:
     def __init__(self, threads: int) -> None:
         from facenet_pytorch import MTCNN
 
-        from services.embedder.weights.facenet_casia import load_casia_facenet
+        from services.embedder.serving.weights.facenet_casia import load_casia_facenet
 
         torch.set_num_threads(threads)
         # post_process=True (the default) standardises crops as (pixel - 127.5) / 128, as
@@ -311,15 +317,21 @@ def run_naive(args: argparse.Namespace, photos: list[BenchPhoto], synthetic: np.
 
 def latency(seconds: list[float]) -> dict:
     ms = np.array(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "mean_ms": round(float(ms.mean()), 2), "calls": len(ms)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "calls": len(ms),
+    }
 
 
 def accuracy(matches: list[tuple[str, float]], sets: dict, photos: list[BenchPhoto]) -> dict:
     """The matched photos (repeats folded into their file) against labels.json's photos of M."""
     indexed = {p.key for p in photos}
     truth = {
-        f"{s}/{name}" for s, photo_set in sets.items() for name, label in photo_set["photos"].items()
+        f"{s}/{name}"
+        for s, photo_set in sets.items()
+        for name, label in photo_set["photos"].items()
         if PERSON in label["people"] and f"{s}/{name}" in indexed
     }
     found = {photo_id.split("#")[0] for photo_id, _ in matches}
@@ -340,7 +352,8 @@ def face_counts(sets: dict, gateway: dict, naive: dict) -> dict:
     """Faces stored per photo (its first copy) against the labelled count."""
     rows = [
         (f"{s}/{name}", label["faces"], gateway.get(f"{s}/{name}"), naive.get(f"{s}/{name}"))
-        for s, photo_set in sets.items() for name, label in photo_set["photos"].items()
+        for s, photo_set in sets.items()
+        for name, label in photo_set["photos"].items()
         if f"{s}/{name}" in gateway
     ]
     return {
@@ -380,11 +393,16 @@ def markdown(r: dict) -> str:
         return f"{x['p50_ms']} / {x['p99_ms']}"
 
     def acc(a: dict) -> str:
-        return (f"{a['true_photos']}/{a['labelled_photos']} photos of {PERSON} found, {a['photos']} photos "
-                f"returned ({a['matches']} matches with repeats): precision {a['precision']}, recall {a['recall']}"
-                + (f"; missed {', '.join(a['missed'])}" if a["missed"] else "")
-                + (f"; wrong (best similarity) {', '.join(f'{k} ({v})' for k, v in a['wrong'].items())}"
-                   if a["wrong"] else ""))
+        return (
+            f"{a['true_photos']}/{a['labelled_photos']} photos of {PERSON} found, {a['photos']} photos "
+            f"returned ({a['matches']} matches with repeats): precision {a['precision']}, recall {a['recall']}"
+            + (f"; missed {', '.join(a['missed'])}" if a["missed"] else "")
+            + (
+                f"; wrong (best similarity) {', '.join(f'{k} ({v})' for k, v in a['wrong'].items())}"
+                if a["wrong"]
+                else ""
+            )
+        )
 
     lines = [
         "# Gateway end to end: IndexPhotos and FindMe against the naive script",
@@ -398,7 +416,7 @@ def markdown(r: dict) -> str:
         f"- Photos: {s['photos']} = the {s['distinct_photos']} photos of labels.json (photoprism first) "
         f"repeated; each repeat is made distinct bytes by a JPEG COM marker inserted after the APPn "
         f"segments (same pixels, new SHA-256), so the gateway does not skip it as a duplicate.",
-        "- facesearch: `tests.local_suite.LocalSuite` in this process with the project's defaults: the "
+        "- facesearch: `launcher.in_process.LocalSuite` in this process with the project's defaults: the "
         "detector (MTCNN, torch 1 thread x 2 workers), a real Triton (ONNX Runtime via the python "
         "backend, 1 instance x 1 thread, dynamic batching), search on the edge store, the gateway; "
         "one `FaceSearchClient.index` stream for all photos, then the same stream again.",
@@ -476,8 +494,10 @@ def reading(r: dict) -> list[str]:
     if ours["recall"] >= theirs["recall"] and ours["precision"] >= theirs["precision"]:
         verdict += ": at least as good on both, so the speed is not from doing less"
     elif ours["recall"] >= theirs["recall"]:
-        verdict += (f": it finds as many or more, but also returns {len(ours['wrong'])} photo(s) without "
-                    f"{PERSON} at threshold {g['threshold']}")
+        verdict += (
+            f": it finds as many or more, but also returns {len(ours['wrong'])} photo(s) without "
+            f"{PERSON} at threshold {g['threshold']}"
+        )
     else:
         verdict += ": it finds fewer of them; weigh the speed against that"
     return [
@@ -518,8 +538,11 @@ def main() -> None:
     naive = run_naive(args, photos, synthetic, gateway["threshold"])
     result = {
         "settings": {
-            "photos": len(photos), "distinct_photos": len({p.key for p in photos}), "queries": args.queries,
-            "threads": args.threads, "load_average_start": load_start,
+            "photos": len(photos),
+            "distinct_photos": len({p.key for p in photos}),
+            "queries": args.queries,
+            "threads": args.threads,
+            "load_average_start": load_start,
         },
         "gateway": gateway,
         "naive": naive,

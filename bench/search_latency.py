@@ -97,9 +97,7 @@ def run(points: int, queries: int, batch: int, work: Path) -> dict:
     plain, answers = timed(None)
     filtered, _ = timed(FaceFilter(person_ids=tuple(f"person-{p}" for p in range(0, 1000, 7))))
     exact = np.argsort(-(probes @ all_vectors.T), axis=1)[:, :10]
-    recall = np.mean([
-        len(set(found) & {f"photo-{i}" for i in truth}) / 10 for found, truth in zip(answers, exact)
-    ])
+    recall = np.mean([len(set(found) & {f"photo-{i}" for i in truth}) / 10 for found, truth in zip(answers, exact)])
     first_person = all_vectors[all_people == all_people[0]]
     same = float(np.mean((first_person @ first_person.T)[np.triu_indices(len(first_person), 1)]))
     other = float(np.mean(np.sum(all_vectors[:2000:2] * all_vectors[1:2001:2], axis=1)))

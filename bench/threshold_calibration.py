@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.evaluation import operating_point, threshold_at_far
+from evaluation.measures import operating_point, threshold_at_far
 from gateway.settings import DEFAULT_THRESHOLDS
 from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
-from services.embedder.inprocess import InProcessEmbedder
-from services.embedder.provisioning import prepare_models
+from services.embedder.client.in_process import InProcessEmbedder
+from services.embedder.serving.provisioning import prepare_models
 from services.embedder.settings import EmbedderSettings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from facesearch.v1 import common_pb2, detector_pb2
 
+from facesearch.v1 import common_pb2, detector_pb2
 from gateway.downstream import Deadline, DetectorClient
 from gateway.errors import GatewayError
-from services.embedder.base import Embedder, EmbedderError, EmbedderUnavailable
+from services.embedder.client.base import Embedder, EmbedderError, EmbedderUnavailable
 
 CROP_SIDE = 160
 MAX_ID_LENGTH = 512

@@ -10,8 +10,8 @@ two faces of the same photo is never made.
 from __future__ import annotations
 
 import numpy as np
-from facesearch.v1 import facesearch_pb2, search_pb2
 
+from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.dependencies import Dependencies
 from gateway.downstream import Deadline
 from gateway.errors import invalid
@@ -33,7 +33,10 @@ class Clusterer:
         if min_size < 1:
             raise invalid(f"min_cluster_size must be at least 1, got {min_size}")
         request = search_pb2.ScrollRequest(
-            tenant=tenant, model=self.deps.model, page_size=1000, with_vectors=True,
+            tenant=tenant,
+            model=self.deps.model,
+            page_size=1000,
+            with_vectors=True,
             filter=search_pb2.FaceFilter(source=GALLERY),
         )
         faces = await self.deps.search.scroll_all(request, deadline, limit=self.max_faces + 1)
@@ -68,7 +71,8 @@ class Clusterer:
                 cluster_id=f"cluster-{number}",
                 faces=[
                     facesearch_pb2.FaceRef(
-                        photo_id=faces[i].payload.photo_id, face_index=faces[i].payload.face_index,
+                        photo_id=faces[i].payload.photo_id,
+                        face_index=faces[i].payload.face_index,
                         box=faces[i].payload.box,
                     )
                     for i in group

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
-
 from gateway.analysis import AnalysedPhoto, FaceAnalyser, FoundFace, PhotoInput
 from gateway.downstream import Deadline, SearchClient
 from gateway.errors import invalid
@@ -48,7 +47,12 @@ class Dependencies:
         return facesearch_pb2.MatchSettings(model=self.model, similarity_threshold=threshold)
 
     async def query(
-        self, tenant: str, vectors: Sequence[np.ndarray], top_k: int, threshold: float, source: int,
+        self,
+        tenant: str,
+        vectors: Sequence[np.ndarray],
+        top_k: int,
+        threshold: float,
+        source: int,
         deadline: Deadline,
     ) -> list[list[search_pb2.ScoredFace]]:
         """The stored faces of ``source`` nearest each vector, at or above ``threshold``, best first."""
@@ -56,7 +60,10 @@ class Dependencies:
         for start in range(0, len(vectors), QUERY_VECTORS_PER_CALL):
             chunk = vectors[start : start + QUERY_VECTORS_PER_CALL]
             request = search_pb2.QueryRequest(
-                tenant=tenant, model=self.model, top_k=top_k, score_threshold=threshold,
+                tenant=tenant,
+                model=self.model,
+                top_k=top_k,
+                score_threshold=threshold,
                 vectors=[search_pb2.QueryVector(values=np.asarray(v, dtype=np.float32).tolist()) for v in chunk],
                 filter=search_pb2.FaceFilter(source=source),
             )
@@ -78,8 +85,14 @@ def enrollment_face_id(tenant: str, person_id: str, photo_hash: str) -> str:
 
 
 def face_record(
-    photo: AnalysedPhoto, found: FoundFace, *, face_index: int, source: int, person_id: str = "",
-    person_name: str = "", record_id: str = "",
+    photo: AnalysedPhoto,
+    found: FoundFace,
+    *,
+    face_index: int,
+    source: int,
+    person_id: str = "",
+    person_name: str = "",
+    record_id: str = "",
 ) -> search_pb2.FaceRecord:
     """What the search service stores about one face (the tenant is added from the call)."""
     face = found.face

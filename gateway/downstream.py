@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-from facesearch.v1 import detector_pb2, detector_pb2_grpc, search_pb2, search_pb2_grpc
 
+from facesearch.v1 import detector_pb2, detector_pb2_grpc, search_pb2, search_pb2_grpc
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,7 @@ class Retrying:
                     delay = self.backoff_s * 2**attempt
                     if deadline.remaining() > delay:
                         attempt += 1
-                        log.warning(
-                            "retrying", extra={"service": self.service, "call": what, "attempt": attempt}
-                        )
+                        log.warning("retrying", extra={"service": self.service, "call": what, "attempt": attempt})
                         await asyncio.sleep(delay)
                         continue
                 raise downstream_error(self.service, what, error) from None

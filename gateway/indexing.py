@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from facesearch.v1 import facesearch_pb2, search_pb2
 
+from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, PhotoInput
 from gateway.dependencies import Dependencies, face_record
 from gateway.downstream import Deadline
@@ -116,8 +116,10 @@ class Indexer:
                 if position not in results:
                     seen.pop(photo.content_hash, None)
                     results[position] = facesearch_pb2.PhotoResult(
-                        photo_id=photo.id, content_hash=photo.content_hash,
-                        status=facesearch_pb2.PHOTO_STATUS_FAILED, message=f"{error.code.name}: {error.message}",
+                        photo_id=photo.id,
+                        content_hash=photo.content_hash,
+                        status=facesearch_pb2.PHOTO_STATUS_FAILED,
+                        message=f"{error.code.name}: {error.message}",
                     )
         return [results[position] for position in range(len(photos))]
 
@@ -126,7 +128,9 @@ class Indexer:
         if not hashes:
             return {}
         request = search_pb2.ScrollRequest(
-            tenant=tenant, model=self.deps.model, page_size=len(hashes),
+            tenant=tenant,
+            model=self.deps.model,
+            page_size=len(hashes),
             filter=search_pb2.FaceFilter(photo_hashes=hashes, face_index=0, source=GALLERY),
         )
         faces = await self.deps.search.scroll_all(request, deadline, limit=len(hashes))
@@ -138,12 +142,15 @@ class Indexer:
         if not ids:
             return
         request = search_pb2.ScrollRequest(
-            tenant=tenant, model=self.deps.model, page_size=1000,
+            tenant=tenant,
+            model=self.deps.model,
+            page_size=1000,
             filter=search_pb2.FaceFilter(photo_ids=ids, source=GALLERY),
         )
         hashes = {p.photo.id: p.photo.content_hash for p in photos}
         stale = [
-            f.id for f in await self.deps.search.scroll_all(request, deadline, limit=100_000)
+            f.id
+            for f in await self.deps.search.scroll_all(request, deadline, limit=100_000)
             if f.payload.photo_hash != hashes.get(f.payload.photo_id)
         ]
         if stale:
@@ -178,13 +185,20 @@ class Indexer:
         """(photos with at least one stored face, gallery faces) of the model in use."""
         count = self.deps.search.count
         photos, faces = await asyncio.gather(
-            count(search_pb2.CountRequest(
-                tenant=tenant, model_id=self.deps.model_id,
-                filter=search_pb2.FaceFilter(source=GALLERY, face_index=0),
-            ), deadline),
-            count(search_pb2.CountRequest(
-                tenant=tenant, model_id=self.deps.model_id, filter=search_pb2.FaceFilter(source=GALLERY)
-            ), deadline),
+            count(
+                search_pb2.CountRequest(
+                    tenant=tenant,
+                    model_id=self.deps.model_id,
+                    filter=search_pb2.FaceFilter(source=GALLERY, face_index=0),
+                ),
+                deadline,
+            ),
+            count(
+                search_pb2.CountRequest(
+                    tenant=tenant, model_id=self.deps.model_id, filter=search_pb2.FaceFilter(source=GALLERY)
+                ),
+                deadline,
+            ),
         )
         return photos, faces
 
@@ -211,7 +225,9 @@ async def _next_batch(queue: asyncio.Queue[PhotoInput | None], size: int) -> tup
 def _duplicate(photo: PhotoInput, first_id: str, when: str) -> facesearch_pb2.PhotoResult:
     same_id = "" if first_id == photo.id else f" as photo {first_id!r}"
     return facesearch_pb2.PhotoResult(
-        photo_id=photo.id, content_hash=photo.content_hash, status=facesearch_pb2.PHOTO_STATUS_DUPLICATE,
+        photo_id=photo.id,
+        content_hash=photo.content_hash,
+        status=facesearch_pb2.PHOTO_STATUS_DUPLICATE,
         message=f"the same bytes were {when}{same_id}",
     )
 
@@ -221,7 +237,8 @@ def _result(photo: AnalysedPhoto) -> facesearch_pb2.PhotoResult:
     if photo.error is not None:
         code, message = photo.error
         result.status = (
-            facesearch_pb2.PHOTO_STATUS_INVALID if code == grpc.StatusCode.INVALID_ARGUMENT
+            facesearch_pb2.PHOTO_STATUS_INVALID
+            if code == grpc.StatusCode.INVALID_ARGUMENT
             else facesearch_pb2.PHOTO_STATUS_FAILED
         )
         result.message = message

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
 
+from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput, clearest_face
 from gateway.dependencies import Dependencies, distance
 from gateway.downstream import Deadline
@@ -54,8 +54,11 @@ class Matcher:
             raise GatewayError(code, f"{name}: {message}")
         face = clearest_face(photo.faces, self.deps.settings.min_face_size)
         if face is None:
-            found = f"{len(photo.faces)} face(s), none of at least {self.deps.settings.min_face_size} px" if (
-                photo.faces) else "no face"
+            found = (
+                f"{len(photo.faces)} face(s), none of at least {self.deps.settings.min_face_size} px"
+                if (photo.faces)
+                else "no face"
+            )
             raise invalid(f"{name}: {found} found")
         return face
 
@@ -87,13 +90,20 @@ class Matcher:
                         person_id=payload.person_id, display_name=payload.person_name, similarity=hit.score
                     )
             candidates = list(best.values())[:top_k]
-            identified.append(facesearch_pb2.IdentifiedFace(face=found.face, candidates=candidates,
-                                                            unknown=not candidates))
+            identified.append(
+                facesearch_pb2.IdentifiedFace(face=found.face, candidates=candidates, unknown=not candidates)
+            )
         return identified
 
     async def find_me(
-        self, tenant: str, references: list[PhotoInput], person_id: str, threshold: float, limit: int,
-        page_token: str, deadline: Deadline,
+        self,
+        tenant: str,
+        references: list[PhotoInput],
+        person_id: str,
+        threshold: float,
+        limit: int,
+        page_token: str,
+        deadline: Deadline,
     ) -> tuple[list[facesearch_pb2.PhotoMatch], str]:
         """Every indexed photo holding a face like any of the references, best first, once each."""
         settings = self.deps.settings
@@ -107,9 +117,16 @@ class Matcher:
         query = _fingerprint(tenant, [r.content_hash for r in references], person_id, threshold)
         offset = _decode_page_token(page_token, query) if page_token else 0
 
-        vectors = [f.vector for f in await self._reference_faces(
-            references, deadline, [f"reference {i}" for i in range(len(references))]
-        )] if references else []
+        vectors = (
+            [
+                f.vector
+                for f in await self._reference_faces(
+                    references, deadline, [f"reference {i}" for i in range(len(references))]
+                )
+            ]
+            if references
+            else []
+        )
         if person_id:
             check_person_id(person_id)
             enrolled = await self.people.references(tenant, person_id, deadline, with_vectors=True)
@@ -128,13 +145,17 @@ class Matcher:
         page = ranked[offset : offset + limit]
         matches = [
             facesearch_pb2.PhotoMatch(
-                photo_id=h.face.payload.photo_id, photo_uri=h.face.payload.photo_uri, box=h.face.payload.box,
-                face_index=h.face.payload.face_index, similarity=h.score,
+                photo_id=h.face.payload.photo_id,
+                photo_uri=h.face.payload.photo_uri,
+                box=h.face.payload.box,
+                face_index=h.face.payload.face_index,
+                similarity=h.score,
             )
             for h in page
         ]
         more = offset + limit < len(ranked)
         return matches, _encode_page_token(offset + limit, query) if more else ""
+
 
 def _fingerprint(tenant: str, hashes: list[str], person_id: str, threshold: float) -> str:
     text = json.dumps([tenant, sorted(hashes), person_id, round(threshold, 6)])

@@ -3,8 +3,9 @@ indexed by outcome, and the faces it stored."""
 
 from __future__ import annotations
 
-from facesearch.v1 import facesearch_pb2
 from prometheus_client import CollectorRegistry, Counter
+
+from facesearch.v1 import facesearch_pb2
 
 
 class GatewayMetrics:

@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass
 
 import grpc
-from facesearch.v1 import facesearch_pb2, search_pb2
 
+from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput
 from gateway.dependencies import Dependencies, enrollment_face_id, face_record
 from gateway.downstream import Deadline
@@ -49,7 +49,10 @@ class People:
         self, tenant: str, person_id: str, deadline: Deadline, *, with_vectors: bool = False
     ) -> list[search_pb2.FaceRecord]:
         request = search_pb2.ScrollRequest(
-            tenant=tenant, model=self.deps.model, page_size=1000, with_vectors=with_vectors,
+            tenant=tenant,
+            model=self.deps.model,
+            page_size=1000,
+            with_vectors=with_vectors,
             filter=search_pb2.FaceFilter(person_ids=[person_id], source=ENROLLMENT),
         )
         return await self.deps.search.scroll_all(request, deadline, limit=MAX_REFERENCE_FACES)
@@ -81,8 +84,15 @@ class People:
             if face is not None:
                 record_id = enrollment_face_id(tenant, person_id, photo.photo.content_hash)
                 records.append(
-                    face_record(photo, face, face_index=face.face.index, source=ENROLLMENT, person_id=person_id,
-                                person_name=name, record_id=record_id)
+                    face_record(
+                        photo,
+                        face,
+                        face_index=face.face.index,
+                        source=ENROLLMENT,
+                        person_id=person_id,
+                        person_name=name,
+                        record_id=record_id,
+                    )
                 )
         renamed = [f for f in existing if f.payload.person_name != name and f.id not in {r.id for r in records}]
         for face in renamed:
@@ -93,7 +103,8 @@ class People:
             self.deps.metrics.faces_stored.inc(len(records))
         count = await self.deps.search.count(
             search_pb2.CountRequest(
-                tenant=tenant, model_id=self.deps.model_id,
+                tenant=tenant,
+                model_id=self.deps.model_id,
                 filter=search_pb2.FaceFilter(person_ids=[person_id], source=ENROLLMENT),
             ),
             deadline,
@@ -116,9 +127,9 @@ class People:
         result.faces_found = len(photo.faces)
         if not usable:
             result.status = facesearch_pb2.PHOTO_STATUS_NO_FACE
-            result.message = (
-                f"no face of at least {min_size} px" if photo.faces else "no face found"
-            ) + (f" ({photo.blurred_skipped} blurred face(s) left out)" if photo.blurred_skipped else "")
+            result.message = (f"no face of at least {min_size} px" if photo.faces else "no face found") + (
+                f" ({photo.blurred_skipped} blurred face(s) left out)" if photo.blurred_skipped else ""
+            )
             return result, None
         dominance = self.deps.settings.enrollment_dominance
         if len(usable) > 1 and usable[0].area < dominance * usable[1].area:

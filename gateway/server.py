@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
-
 from gateway.analysis import FaceAnalyser
 from gateway.auth import ApiKeys
 from gateway.dependencies import Dependencies
@@ -14,7 +13,7 @@ from gateway.downstream import DetectorClient, Retrying, SearchClient
 from gateway.metrics import GatewayMetrics
 from gateway.service import FaceSearchService
 from gateway.settings import GatewaySettings
-from services.embedder.factory import create_embedder
+from services.embedder.client.factory import create_embedder
 from services.embedder.settings import EmbedderSettings
 from services.runtime.logs import configure_logging
 from services.runtime.server import GrpcServer, ServiceBinding
@@ -38,16 +37,21 @@ class GatewayServer(GrpcServer):
     def _add_servicer(self, _: object, server) -> None:
         settings: GatewaySettings = self.settings  # type: ignore[assignment]
         detector = DetectorClient(
-            settings.detector_address, Retrying("detector", settings.downstream_retries, settings.retry_backoff_s),
+            settings.detector_address,
+            Retrying("detector", settings.downstream_retries, settings.retry_backoff_s),
             settings.max_message_mb,
         )
         search = SearchClient(
-            settings.search_address, Retrying("search", settings.downstream_retries, settings.retry_backoff_s),
+            settings.search_address,
+            Retrying("search", settings.downstream_retries, settings.retry_backoff_s),
             settings.max_message_mb,
         )
         embedder = create_embedder(self.embedder_settings)
         analyser = FaceAnalyser(
-            detector, embedder, batch_size=settings.detect_batch_size, concurrency=settings.index_concurrency,
+            detector,
+            embedder,
+            batch_size=settings.detect_batch_size,
+            concurrency=settings.index_concurrency,
             max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
         )
         deps = Dependencies(

@@ -9,8 +9,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
 
+from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
 from gateway.auth import ApiKeys, AuthError, Caller
 from gateway.clustering import Clusterer
 from gateway.dependencies import Dependencies, optional_threshold, photo_input
@@ -88,12 +88,16 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
             caller.tenant, request.person_id, request.display_name, photos, deadline
         )
         return facesearch_pb2.EnrollResponse(
-            person_id=person_id, results=results, reference_faces=count,
+            person_id=person_id,
+            results=results,
+            reference_faces=count,
             settings=self.deps.match_settings(self.deps.threshold()),
         )
 
     @rpc("write")
-    async def IndexPhotos(self, requests, context, caller, deadline) -> AsyncIterator[facesearch_pb2.IndexPhotosResponse]:
+    async def IndexPhotos(
+        self, requests, context, caller, deadline
+    ) -> AsyncIterator[facesearch_pb2.IndexPhotosResponse]:
         async def photos():
             async for request in requests:
                 yield photo_input(request.photo)
@@ -104,12 +108,14 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
     @rpc("read")
     async def Verify(self, request, context, caller, deadline) -> facesearch_pb2.VerifyResponse:
         threshold = self.deps.threshold(optional_threshold(request))
-        verdict = await self.matcher.verify(
-            photo_input(request.a), photo_input(request.b), threshold, deadline
-        )
+        verdict = await self.matcher.verify(photo_input(request.a), photo_input(request.b), threshold, deadline)
         return facesearch_pb2.VerifyResponse(
-            same_person=verdict.same_person, similarity=verdict.similarity, distance=verdict.distance,
-            settings=self.deps.match_settings(threshold), face_a=verdict.face_a, face_b=verdict.face_b,
+            same_person=verdict.same_person,
+            similarity=verdict.similarity,
+            distance=verdict.distance,
+            settings=self.deps.match_settings(threshold),
+            face_a=verdict.face_a,
+            face_b=verdict.face_b,
         )
 
     @rpc("read")
@@ -151,8 +157,12 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
         page = people[offset : offset + size]
         more = offset + size < len(people)
         return facesearch_pb2.ListPeopleResponse(
-            people=[facesearch_pb2.Person(person_id=p.person_id, display_name=p.display_name,
-                                          reference_faces=p.reference_faces) for p in page],
+            people=[
+                facesearch_pb2.Person(
+                    person_id=p.person_id, display_name=p.display_name, reference_faces=p.reference_faces
+                )
+                for p in page
+            ],
             next_page_token=str(offset + size) if more else "",
         )
 

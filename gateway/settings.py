@@ -52,12 +52,15 @@ class GatewaySettings(ServiceSettings):
     max_photos_per_request: int = Field(64, ge=1, description="Most photos in one Enroll or FindMe.")
     max_photo_mb: float = Field(50.0, gt=0, description="Largest photo accepted, before decoding.")
     max_matches: int = Field(
-        1000, ge=1, description="Most faces FindMe ranks per reference (all pages); at most the search "
-        "service's max_top_k.",
+        1000,
+        ge=1,
+        description="Most faces FindMe ranks per reference (all pages); at most the search service's max_top_k.",
     )
     max_page_size: int = Field(500, ge=1, description="Largest FindMe and ListPeople page.")
     enrollment_dominance: float = Field(
-        2.0, ge=1.0, description="Enrolment: a photo with several faces uses the largest only when "
+        2.0,
+        ge=1.0,
+        description="Enrolment: a photo with several faces uses the largest only when "
         "it is this many times the area of the next.",
     )
     max_cluster_faces: int = Field(20_000, ge=1, description="Most gallery faces ClusterFaces groups.")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from facesearch.v1 import detector_pb2_grpc
 
+from facesearch.v1 import detector_pb2_grpc
 from services.detector.server import build_server
 from services.detector.settings import DetectorSettings
 from services.runtime.background import BackgroundServer
@@ -38,18 +37,6 @@ def photo_bytes(set_name: str, name: str) -> bytes:
     return photo_path(set_name, name).read_bytes()
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports free right now (all held open together while chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def start_detector(**overrides) -> BackgroundServer:
     settings = DetectorSettings(host="127.0.0.1", port=0, metrics_port=0, log_format="text", **overrides)
     return BackgroundServer(build_server(settings))
@@ -72,8 +59,8 @@ def detector(detector_server: BackgroundServer) -> Iterator[detector_pb2_grpc.De
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory: pytest.TempPathFactory):
-    """The whole suite on loopback (see tests/local_suite.py), shared by the tests of the gateway."""
-    from tests.local_suite import LocalSuite, prepare_model_repository
+    """The whole suite on loopback (see launcher/in_process.py), shared by the tests of the gateway."""
+    from launcher.in_process import LocalSuite, prepare_model_repository
 
     embedder = prepare_model_repository(tmp_path_factory.mktemp("models"))
     suite = LocalSuite(tmp_path_factory.mktemp("suite"), embedder)

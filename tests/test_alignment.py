@@ -42,9 +42,7 @@ def least_squares_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarr
 
 
 # Five face landmarks as a detector reports them, in image pixels.
-FACE_POINTS = np.array(
-    [[412.3, 300.8], [489.9, 296.1], [452.0, 345.5], [420.7, 390.2], [482.4, 388.9]]
-)
+FACE_POINTS = np.array([[412.3, 300.8], [489.9, 296.1], [452.0, 345.5], [420.7, 390.2], [482.4, 388.9]])
 
 
 # --------------------------------------------------------------------------- template
@@ -192,7 +190,7 @@ def dot_centroids(crop: np.ndarray, near: np.ndarray, radius: int = 5) -> np.nda
     grey = crop.astype(np.float64).mean(axis=2)
     centroids = []
     for x, y in near:
-        xi, yi = int(round(x)), int(round(y))
+        xi, yi = round(x), round(y)
         window = grey[yi - radius : yi + radius + 1, xi - radius : xi + radius + 1]
         assert window.max() > 100, "no bright dot near the expected position"
         ys, xs = np.mgrid[yi - radius : yi + radius + 1, xi - radius : xi + radius + 1]
@@ -258,8 +256,7 @@ def test_landmarks_land_on_the_template_with_drawn_dots():
     landmarks, _ = face_landmarks(size, margin, 500, 90, 20.0)
     image = np.full((500, 500, 3), 20, np.uint8)
     for x, y in landmarks:
-        cv2.circle(image, (int(round(x * 16)), int(round(y * 16))), 40, (255, 255, 255), -1,
-                   cv2.LINE_AA, shift=4)
+        cv2.circle(image, (round(x * 16), round(y * 16)), 40, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
 
     crop = align_face(image, landmarks, size=size, margin=margin)
 
@@ -273,9 +270,7 @@ def smooth_texture(side: int, feature: int, seed: int = 5) -> np.ndarray:
     """Random, smooth colour texture with blobs of about ``feature`` pixels."""
     cells = side // feature + 2
     coarse = np.random.default_rng(seed).uniform(0, 255, size=(cells, cells, 3))
-    return cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(
-        np.uint8
-    )
+    return cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("spread", [600, 1500])
@@ -313,9 +308,7 @@ def test_large_face_crop_is_not_aliased():
     assert crop.std() < 20
     # Sanity check of the check: a single warp straight from the full image aliases.
     matrix = similarity_transform(landmarks, template(size, margin))
-    naive = cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    naive = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     assert naive.std() > 40
 
 

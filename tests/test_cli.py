@@ -11,13 +11,14 @@ import sys
 import time
 
 import grpc
+
 from facesearch.v1 import search_pb2, search_pb2_grpc
-
 from gateway.auth import ApiKeys, add_key
-from gateway.suite import ensure_local_key
-from tests.conftest import REPO, free_ports, photo_path
+from launcher.processes import ensure_local_key
+from services.runtime.ports import free_ports
+from tests.conftest import REPO, photo_path
 
-FACESEARCH = [sys.executable, "-m", "gateway.cli"]
+FACESEARCH = [sys.executable, "-m", "cli.main"]
 
 
 def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
@@ -51,9 +52,19 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
         garbage = tmp_path / "not-a-photo.jpg"
         garbage.write_bytes(b"plain text, no image")
         result = subprocess.run(
-            [*FACESEARCH, "detect", "--json", "--address", f"127.0.0.1:{port}",
-             str(photo_path("compreface", "011_3.jpg")), str(garbage)],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            [
+                *FACESEARCH,
+                "detect",
+                "--json",
+                "--address",
+                f"127.0.0.1:{port}",
+                str(photo_path("compreface", "011_3.jpg")),
+                str(garbage),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 1, result.stderr  # one photo failed
         good, bad = (json.loads(line) for line in result.stdout.splitlines())
@@ -64,9 +75,20 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert count.count == 0
         # The gateway, through the whole suite: detector, Triton, search.
         verify = subprocess.run(
-            [*FACESEARCH, "verify", "--address", f"127.0.0.1:{gateway_port}", "--api-key", key,
-             str(photo_path("compreface", "002_A.jpg")), str(photo_path("compreface", "004_A.jpg"))],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            [
+                *FACESEARCH,
+                "verify",
+                "--address",
+                f"127.0.0.1:{gateway_port}",
+                "--api-key",
+                key,
+                str(photo_path("compreface", "002_A.jpg")),
+                str(photo_path("compreface", "004_A.jpg")),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert verify.returncode == 0 and "same person" in verify.stdout, verify.stderr
         up.send_signal(signal.SIGINT)
@@ -83,7 +105,10 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
     assert (tmp_path / "models" / "onnx-python" / "facenet-casia" / "1" / "model.onnx").is_file()
     after = subprocess.run(
         [*FACESEARCH, "detect", "--address", f"127.0.0.1:{port}", str(photo_path("compreface", "011_3.jpg"))],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert after.returncode == 3, "the detector is gone after Ctrl-C: UNAVAILABLE"
     assert "UNAVAILABLE" in after.stderr

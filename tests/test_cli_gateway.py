@@ -8,10 +8,11 @@ import shutil
 
 import pytest
 
+from cli.main import main
 from gateway.auth import ApiKeys
-from gateway.cli import main
-from tests.conftest import free_ports, photo_path
-from tests.local_suite import KEYS
+from launcher.in_process import KEYS
+from services.runtime.ports import free_ports
+from tests.conftest import photo_path
 
 
 @pytest.fixture

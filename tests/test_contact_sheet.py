@@ -7,22 +7,27 @@ import io
 import re
 
 import numpy as np
-from facesearch.v1 import common_pb2, facesearch_pb2
 from PIL import Image
 
-from gateway.contact_sheet import THUMBNAIL_SIDE, thumbnail_with_box, write_contact_sheet
+from cli.contact_sheet import THUMBNAIL_SIDE, thumbnail_with_box, write_contact_sheet
+from facesearch.v1 import common_pb2, facesearch_pb2
 from tests.conftest import photo_path
 
 
 def images_in(page: str) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)]
+    return [
+        Image.open(io.BytesIO(base64.b64decode(data)))
+        for data in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    ]
 
 
 def test_the_sheet_shows_each_match_with_its_face_boxed(tmp_path):
     path = photo_path("compreface", "011_3.jpg")  # 800 x 534
     box = common_pb2.BoundingBox(x_min=100, y_min=100, x_max=300, y_max=400)
     matches = [
-        facesearch_pb2.PhotoMatch(photo_id="<script>alert(1)</script>", photo_uri=str(path), box=box, similarity=0.8123),
+        facesearch_pb2.PhotoMatch(
+            photo_id="<script>alert(1)</script>", photo_uri=str(path), box=box, similarity=0.8123
+        ),
         facesearch_pb2.PhotoMatch(photo_id="gone", photo_uri=str(tmp_path / "missing.jpg"), similarity=0.5),
     ]
     sheet = tmp_path / "sheet.html"

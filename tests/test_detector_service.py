@@ -7,9 +7,9 @@ import io
 import grpc
 import numpy as np
 import pytest
-from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from PIL import Image, ImageFilter
 
+from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from tests.conftest import photo_bytes, start_detector
 
 # Photos of the photoprism set that show no person: animals, a landscape, food, a car, flowers.
@@ -65,8 +65,13 @@ def test_faces_come_with_boxes_in_original_pixels_landmarks_quality_and_crops(de
     box = face.box
     assert 0 <= box.x_min < box.x_max <= 4912 and 0 <= box.y_min < box.y_max <= 7360
     assert box.x_max - box.x_min > 250, "a face this size in a 4912 px wide photo is hundreds of pixels"
-    for point in (face.landmarks.left_eye, face.landmarks.right_eye, face.landmarks.nose,
-                  face.landmarks.mouth_left, face.landmarks.mouth_right):
+    for point in (
+        face.landmarks.left_eye,
+        face.landmarks.right_eye,
+        face.landmarks.nose,
+        face.landmarks.mouth_left,
+        face.landmarks.mouth_right,
+    ):
         assert box.x_min <= point.x <= box.x_max and box.y_min <= point.y <= box.y_max
     assert face.landmarks.left_eye.x < face.landmarks.right_eye.x
     assert face.landmarks.left_eye.y < face.landmarks.mouth_left.y
@@ -127,7 +132,10 @@ def test_whole_image_fallback_is_flagged(detector):
     side = min(reply.image_width, reply.image_height)
     assert face.box.x_max - face.box.x_min == pytest.approx(side, abs=1)
     # A photo with faces never gets the fallback.
-    assert not any(f.whole_image_fallback for f in detect(detector, photo_bytes("photoprism", "2.jpg"), whole_image_fallback=True).faces)
+    assert not any(
+        f.whole_image_fallback
+        for f in detect(detector, photo_bytes("photoprism", "2.jpg"), whole_image_fallback=True).faces
+    )
 
 
 def test_blurred_faces_are_flagged_and_skipped_on_request(detector):
@@ -220,9 +228,7 @@ def test_a_bad_photo_fails_only_its_own_batch_item(detector):
 @pytest.fixture(scope="module")
 def strict_detector():
     server = start_detector(max_image_bytes=150_000, max_batch_images=3, max_message_mb=1)
-    with grpc.insecure_channel(
-        server.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    ) as channel:
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         yield detector_pb2_grpc.DetectorStub(channel)
     server.stop()
 

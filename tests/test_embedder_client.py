@@ -21,24 +21,25 @@ from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
-from services.embedder.base import (
+from services.embedder.client.base import (
     Embedder,
     EmbedderError,
     EmbedderUnavailable,
-    Embeddings,
     EmbeddingInputError,
+    Embeddings,
     ModelNotPrepared,
     check_vectors,
 )
-from services.embedder.client import TritonEmbedder
-from services.embedder.factory import create_embedder
-from services.embedder.inprocess import InProcessEmbedder, onnx_model_path
-from services.embedder.model_repository import write_model
+from services.embedder.client.factory import create_embedder
+from services.embedder.client.in_process import InProcessEmbedder, onnx_model_path
+from services.embedder.client.triton import TritonEmbedder
+from services.embedder.serving.model_repository import write_model
+from services.embedder.serving.triton_server import TritonServer
+from services.embedder.serving.weights.facenet_casia import load_casia_facenet
+from services.embedder.serving.weights.onnx_export import ServedFaceNet, export_onnx
 from services.embedder.settings import EmbedderSettings
-from services.embedder.triton_server import TritonServer
-from services.embedder.weights.facenet_casia import load_casia_facenet
-from services.embedder.weights.onnx_export import ServedFaceNet, export_onnx
-from tests.conftest import free_ports, photo_bytes
+from services.runtime.ports import free_ports
+from tests.conftest import photo_bytes
 
 MODEL_ID = "facenet-casia"
 NAN_MODEL = "nan-vectors"  # answers NaN rows: what a broken model would send back
@@ -328,7 +329,7 @@ def test_bad_output_is_caught(model_root: Path, triton: TritonServer, faces) -> 
         check_vectors(vectors, 2, "m")
     with pytest.raises(EmbedderError, match="float64"):
         check_vectors(vectors.astype(np.float64), 3, "m")
-    with pytest.raises(EmbedderError, match="not unit length.*crop 1: norm 2"):
+    with pytest.raises(EmbedderError, match=r"not unit length.*crop 1: norm 2"):
         check_vectors(vectors * np.array([[1], [2], [1]], np.float32), 3, "m")
 
 
@@ -430,7 +431,7 @@ def test_client_retries_while_triton_starts_then_fails_fast_when_it_stops(
             assert not await embedder.ready()
 
     try:
-        with caplog.at_level(logging.WARNING, logger="services.embedder.client"):
+        with caplog.at_level(logging.WARNING, logger="services.embedder.client.triton"):
             run(check())
     finally:
         if starting.is_alive():
@@ -466,14 +467,12 @@ def test_missing_onnx_file_says_how_to_make_it(tmp_path: Path) -> None:
         create_embedder(missing)
     assert str(tmp_path / "models" / "onnx-python" / MODEL_ID / "3" / "model.onnx") in str(error.value)
     assert isinstance(error.value, FileNotFoundError)
-    with pytest.raises(ModelNotPrepared, match="elsewhere.onnx"):
+    with pytest.raises(ModelNotPrepared, match=r"elsewhere\.onnx"):
         InProcessEmbedder(missing, onnx_path=tmp_path / "elsewhere.onnx")
 
 
 def test_explicit_onnx_path(tmp_path: Path, model_root: Path, inprocess: InProcessEmbedder, faces) -> None:
-    explicit = InProcessEmbedder(
-        settings(tmp_path / "no-repository", model_version="7"), onnx_path=inprocess.onnx_path
-    )
+    explicit = InProcessEmbedder(settings(tmp_path / "no-repository", model_version="7"), onnx_path=inprocess.onnx_path)
     try:
         result = run(explicit.embed(faces[0][:3]))
         assert run(explicit.ready())

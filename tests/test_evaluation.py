@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.evaluation import operating_point, retrieval, threshold_at_far, top_k_accuracy
+from evaluation.measures import operating_point, retrieval, threshold_at_far, top_k_accuracy
 
 GENUINE = [0.9, 0.8, 0.7, 0.6, 0.5, 0.3]
 IMPOSTOR = [0.55, 0.4, 0.35, 0.2, 0.1, 0.05, 0.0, -0.1, -0.2, -0.3]
@@ -38,5 +38,8 @@ def test_retrieval_precision_recall_f1():
 def test_top_k_accuracy():
     ranked = [["a", "b"], ["b", "a"], ["c", "d", "e", "f", "g", "a"]]
     assert top_k_accuracy(ranked, ["a", "a", "a"], ks=(1, 2, 5, 10)) == {
-        1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 5: pytest.approx(2 / 3), 10: 1.0
+        1: pytest.approx(1 / 3),
+        2: pytest.approx(2 / 3),
+        5: pytest.approx(2 / 3),
+        10: 1.0,
     }

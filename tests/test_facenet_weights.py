@@ -15,7 +15,7 @@ from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
-from services.embedder.weights.facenet_casia import (
+from services.embedder.serving.weights.facenet_casia import (
     CROP_SIZE,
     EMBEDDING_SIZE,
     GRAPH_SHA256,
@@ -25,8 +25,8 @@ from services.embedder.weights.facenet_casia import (
     graph_sha256,
     load_casia_facenet,
 )
-from services.embedder.weights.graphdef import WeightsError, iter_fields, read_graphdef
-from services.embedder.weights.onnx_export import INPUT_NAME, OUTPUT_NAME, ServedFaceNet, export_onnx
+from services.embedder.serving.weights.graphdef import WeightsError, iter_fields, read_graphdef
+from services.embedder.serving.weights.onnx_export import INPUT_NAME, OUTPUT_NAME, ServedFaceNet, export_onnx
 from tests.conftest import photo_bytes
 
 # One face each; identities from labels.json (A x3, B x2, C, and M, W of the other set).
@@ -153,6 +153,7 @@ def test_same_person_closer_than_different_people(faces, served_vectors) -> None
 
 def _record(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field."""
+
     def varint(value: int) -> bytes:
         out = bytearray()
         while value > 0x7F:
@@ -183,9 +184,7 @@ def test_truncated_graph_is_rejected(graph_path: Path, tmp_path: Path) -> None:
         load_casia_facenet(broken)
 
 
-@pytest.mark.parametrize(
-    "content", [b"", b"\xff" * 64, b"hello, this is not a graph", bytes([0x0A, 0x05, 0x12])]
-)
+@pytest.mark.parametrize("content", [b"", b"\xff" * 64, b"hello, this is not a graph", bytes([0x0A, 0x05, 0x12])])
 def test_corrupt_graph_is_rejected(tmp_path: Path, content: bytes) -> None:
     broken = tmp_path / "corrupt.pb"
     broken.write_bytes(content)
@@ -194,7 +193,7 @@ def test_corrupt_graph_is_rejected(tmp_path: Path, content: bytes) -> None:
 
 
 def test_missing_graph_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nowhere.pb"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pb"):
         load_casia_facenet(tmp_path / "nowhere.pb")
 
 
@@ -211,4 +210,4 @@ def test_graph_with_an_unmapped_weight_is_rejected(graph_records, tmp_path: Path
     [(number, payload)] = [(n, p) for n, p in graph_records if n == 1 and _record(1, name) in p]
     extra = payload.replace(_record(1, name), _record(1, name[:-1] + b"X"), 1)
     with pytest.raises(WeightsError, match="not mapped onto the model"):
-        load_casia_facenet(_write(tmp_path / "extra.pb", graph_records + [(number, extra)]))
+        load_casia_facenet(_write(tmp_path / "extra.pb", [*graph_records, (number, extra)]))

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc, search_pb2, search_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.client import AsyncFaceSearchClient, FaceSearchClient, FaceSearchError
+from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc, search_pb2, search_pb2_grpc
+from launcher.in_process import KEYS, READ_ONLY_KEY, LocalSuite
+from sdk.client import AsyncFaceSearchClient, FaceSearchClient, FaceSearchError
 from tests.conftest import DATA, photo_bytes
-from tests.local_suite import KEYS, READ_ONLY_KEY, LocalSuite
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def photoprism_photos(labels: dict) -> dict[str, dict]:
 
 def photo(set_name: str, name: str, photo_id: str | None = None) -> facesearch_pb2.Photo:
     return facesearch_pb2.Photo(
-        id=photo_id if photo_id is not None else name, uri=str(DATA / set_name / name),
+        id=photo_id if photo_id is not None else name,
+        uri=str(DATA / set_name / name),
         content=photo_bytes(set_name, name),
     )
 
@@ -81,8 +82,11 @@ def test_every_photo_is_indexed_with_its_faces(archive, labels, acme) -> None:
 
 def test_the_same_bytes_are_never_stored_twice(archive, acme, search) -> None:
     before = count(search, "acme")
-    again = list(acme.index([photo("photoprism", "2.jpg"), photo("photoprism", "2.jpg", "copy-of-2"),
-                             photo("photoprism", "16.jpg")]))
+    again = list(
+        acme.index(
+            [photo("photoprism", "2.jpg"), photo("photoprism", "2.jpg", "copy-of-2"), photo("photoprism", "16.jpg")]
+        )
+    )
     assert [r.status for r in again] == [facesearch_pb2.PHOTO_STATUS_DUPLICATE] * 3
     assert "'2.jpg'" in again[1].message, "a copy under another id names the photo first indexed"
     assert count(search, "acme") == before
@@ -109,7 +113,8 @@ def test_indexed_photos_are_counted_in_the_metrics(archive, suite, labels) -> No
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     samples = {
         (sample.name, sample.labels.get("status", "")): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
     photos = photoprism_photos(labels)
     assert samples[("facesearch_gateway_photos_total", "indexed")] >= sum(1 for p in photos.values() if p["faces"])
@@ -129,17 +134,23 @@ def test_blurred_faces_are_found_but_not_stored(acme, labels) -> None:
 
 
 def test_bad_photos_in_a_stream_fail_alone(archive, acme) -> None:
-    results = list(acme.index([
-        facesearch_pb2.Photo(id="corrupt", content=b"\xff\xd8\xff\xe0 definitely not a jpeg"),
-        facesearch_pb2.Photo(id="empty", content=b""),
-        facesearch_pb2.Photo(id="x" * 600, content=photo_bytes("compreface", "009_C.jpg")),
-        photo("compreface", "017_0.jpg"),
-        photo("compreface", "007_B.jpg", "b-in-stream"),
-    ]))
+    results = list(
+        acme.index(
+            [
+                facesearch_pb2.Photo(id="corrupt", content=b"\xff\xd8\xff\xe0 definitely not a jpeg"),
+                facesearch_pb2.Photo(id="empty", content=b""),
+                facesearch_pb2.Photo(id="x" * 600, content=photo_bytes("compreface", "009_C.jpg")),
+                photo("compreface", "017_0.jpg"),
+                photo("compreface", "007_B.jpg", "b-in-stream"),
+            ]
+        )
+    )
     statuses = {r.photo_id: r.status for r in results}
     assert statuses == {
-        "corrupt": facesearch_pb2.PHOTO_STATUS_INVALID, "empty": facesearch_pb2.PHOTO_STATUS_INVALID,
-        "017_0.jpg": facesearch_pb2.PHOTO_STATUS_NO_FACE, "b-in-stream": facesearch_pb2.PHOTO_STATUS_INDEXED,
+        "corrupt": facesearch_pb2.PHOTO_STATUS_INVALID,
+        "empty": facesearch_pb2.PHOTO_STATUS_INVALID,
+        "017_0.jpg": facesearch_pb2.PHOTO_STATUS_NO_FACE,
+        "b-in-stream": facesearch_pb2.PHOTO_STATUS_INDEXED,
         "x" * 600: facesearch_pb2.PHOTO_STATUS_INVALID,
     }
     assert "empty" in results[1].message
@@ -162,8 +173,10 @@ def test_findme_finds_the_photos_of_an_enrolled_person(archive, acme, labels, pe
     true_positives = len(set(found) & truth)
     precision = true_positives / len(found) if found else 0.0
     recall = true_positives / len(truth)
-    print(f"\nFindMe {person} (enrolled from {reference}): precision {precision:.2f}, recall {recall:.2f}, "
-          f"{len(found)} photos, missed {sorted(truth - set(found))}")
+    print(
+        f"\nFindMe {person} (enrolled from {reference}): precision {precision:.2f}, recall {recall:.2f}, "
+        f"{len(found)} photos, missed {sorted(truth - set(found))}"
+    )
     assert precision >= 0.9 and recall >= 0.8
     threshold = acme.find_me(person_id=enrolled.person_id).settings.similarity_threshold
     assert all(m.similarity >= threshold for m in matches)
@@ -270,14 +283,21 @@ def test_identify_names_enrolled_people_and_unknown_faces(suite) -> None:
 
 
 def test_enrolment_reports_every_photo_and_keeps_the_name(suite, acme) -> None:
-    reply = acme.enroll("Ada", [
-        photo("compreface", "002_A.jpg"), photo("compreface", "011_3.jpg"), photo("compreface", "017_0.jpg"),
-        facesearch_pb2.Photo(id="broken", content=b"GIF89a nope"),
-    ])
+    reply = acme.enroll(
+        "Ada",
+        [
+            photo("compreface", "002_A.jpg"),
+            photo("compreface", "011_3.jpg"),
+            photo("compreface", "017_0.jpg"),
+            facesearch_pb2.Photo(id="broken", content=b"GIF89a nope"),
+        ],
+    )
     statuses = [r.status for r in reply.results]
     assert statuses == [
-        facesearch_pb2.PHOTO_STATUS_ENROLLED, facesearch_pb2.PHOTO_STATUS_MULTIPLE_FACES,
-        facesearch_pb2.PHOTO_STATUS_NO_FACE, facesearch_pb2.PHOTO_STATUS_INVALID,
+        facesearch_pb2.PHOTO_STATUS_ENROLLED,
+        facesearch_pb2.PHOTO_STATUS_MULTIPLE_FACES,
+        facesearch_pb2.PHOTO_STATUS_NO_FACE,
+        facesearch_pb2.PHOTO_STATUS_INVALID,
     ]
     assert reply.results[1].faces_found == 3 and reply.reference_faces == 1
     more = acme.enroll("", [photo("compreface", "004_A.jpg")], person_id=reply.person_id)
@@ -371,7 +391,9 @@ def huge_png() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -413,9 +435,11 @@ def test_wrong_types_are_refused_by_the_protocol(suite) -> None:
 
 
 def test_a_short_deadline_gives_deadline_exceeded(suite) -> None:
-    with FaceSearchClient(suite.address, KEYS["acme"], timeout_s=0.05) as hurried:
-        with pytest.raises(FaceSearchError) as caught:
-            hurried.verify(photo("compreface", "003_A.jpg"), photo("compreface", "001_A.jpg"))
+    with (
+        FaceSearchClient(suite.address, KEYS["acme"], timeout_s=0.05) as hurried,
+        pytest.raises(FaceSearchError) as caught,
+    ):
+        hurried.verify(photo("compreface", "003_A.jpg"), photo("compreface", "001_A.jpg"))
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 

@@ -27,8 +27,13 @@ def test_keys_are_matched_by_hash_and_give_the_tenant_and_scope():
 
 @pytest.mark.parametrize(
     "metadata",
-    [[], [("authorization", "")], [("authorization", "Bearer ")], [("authorization", "Basic k1")],
-     [("authorization", "Bearer k3")]],
+    [
+        [],
+        [("authorization", "")],
+        [("authorization", "Bearer ")],
+        [("authorization", "Basic k1")],
+        [("authorization", "Bearer k3")],
+    ],
 )
 def test_missing_or_unknown_keys_are_refused(metadata):
     keys = ApiKeys.parse([key_line("acme", "k1")], "test")

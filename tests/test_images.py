@@ -165,9 +165,7 @@ def test_real_photo_decodes_like_pillow(photo_bytes, photo_pixels):
         ("JPEG", {"quality": 95}, 4.0),
     ],
 )
-def test_real_photo_round_trips_through_every_format(
-    photo_pixels, image_format, options, max_mean_error
-):
+def test_real_photo_round_trips_through_every_format(photo_pixels, image_format, options, max_mean_error):
     data = encode(Image.fromarray(photo_pixels), image_format, **options)
 
     decoded = decode_image(data, LIMITS)
@@ -191,14 +189,10 @@ def test_real_photo_round_trips_through_every_format(
         ("JPEG", {"quality": 95}, 4.0),
     ],
 )
-def test_exif_orientation_gives_the_upright_photo(
-    photo_pixels, image_format, options, max_mean_error, orientation
-):
+def test_exif_orientation_gives_the_upright_photo(photo_pixels, image_format, options, max_mean_error, orientation):
     upright = photo_pixels  # 480 rows x 640 columns
     stored = stored_for_orientation(upright, orientation)
-    data = encode(
-        Image.fromarray(stored), image_format, exif=exif_with_orientation(orientation), **options
-    )
+    data = encode(Image.fromarray(stored), image_format, exif=exif_with_orientation(orientation), **options)
 
     decoded = decode_image(data, LIMITS)
 
@@ -258,9 +252,7 @@ def test_mode_1_bilevel(image_format):
 
 
 def _palette_image() -> tuple[Image.Image, np.ndarray, np.ndarray]:
-    palette_colours = np.array(
-        [[10, 20, 30], [200, 40, 60], [30, 180, 90], [250, 250, 5]], dtype=np.uint8
-    )
+    palette_colours = np.array([[10, 20, 30], [200, 40, 60], [30, 180, 90], [250, 250, 5]], dtype=np.uint8)
     indices = (np.arange(30)[None, :] // 8 + np.arange(20)[:, None] // 10) % 4
     image = Image.fromarray(indices.astype(np.uint8), "P")
     image.putpalette(palette_colours.flatten().tolist())
@@ -507,12 +499,7 @@ def test_min_side_never_reduces_a_png():
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-    )
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
 
 
 def black_bilevel_png(width: int, height: int) -> bytes:

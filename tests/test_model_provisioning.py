@@ -31,8 +31,8 @@ from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
-from services.embedder import model_repository
-from services.embedder.provisioning import (
+from services.embedder.serving import model_repository
+from services.embedder.serving.provisioning import (
     FLAVOURS,
     MANIFEST_NAME,
     Manifest,
@@ -40,11 +40,12 @@ from services.embedder.provisioning import (
     prepare_models,
     stale_models,
 )
-from services.embedder.serve import check_servable
+from services.embedder.serving.serve import check_servable
+from services.embedder.serving.triton_server import TritonServer, wait_until_ready
+from services.embedder.serving.weights.facenet_casia import GRAPH_SHA256, default_graph_path
 from services.embedder.settings import EmbedderSettings
-from services.embedder.triton_server import TritonServer, wait_until_ready
-from services.embedder.weights.facenet_casia import GRAPH_SHA256, default_graph_path
-from tests.conftest import REPO, free_ports, photo_bytes
+from services.runtime.ports import free_ports
+from tests.conftest import REPO, photo_bytes
 
 MODEL = "facenet-casia"
 # Settings that differ from the defaults, so that the configs show they come from settings.
@@ -55,7 +56,7 @@ EXPECTED_FILES = {
     "onnxruntime-onnx": ["config.pbtxt", "1/model.onnx"],
 }
 PHOTOS = ["011_3.jpg", "007_B.jpg", "009_C.jpg"]  # 3 + 1 + 1 faces, small photos
-FACESEARCH = [sys.executable, "-m", "gateway.cli"]
+FACESEARCH = [sys.executable, "-m", "cli.main"]
 
 
 def embedder_settings(repository: Path, **overrides) -> EmbedderSettings:
@@ -152,8 +153,10 @@ def test_every_flavour_is_a_repository_with_its_files(prepared) -> None:
         folder = repository / flavour / MODEL
         assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == sorted(names)
         assert manifest.flavour_repository(flavour) == repository / flavour
-    for flavour, source in [("onnx-python", model_repository.PYTHON_MODEL),
-                            ("torch-cuda-python", model_repository.TORCH_PYTHON_MODEL)]:
+    for flavour, source in [
+        ("onnx-python", model_repository.PYTHON_MODEL),
+        ("torch-cuda-python", model_repository.TORCH_PYTHON_MODEL),
+    ]:
         assert (repository / flavour / MODEL / "1" / "model.py").read_bytes() == source.read_bytes()
     assert sorted(map(str, manifest.written)) == sorted(map(str, model_files(repository).values()))
 
@@ -170,7 +173,9 @@ def test_configs_follow_the_settings(prepared) -> None:
         assert (crops.name, crops.data_type, list(crops.dims)) == ("crops", model_config_pb2.TYPE_UINT8, [160, 160, 3])
         [embeddings] = config.output
         assert (embeddings.name, embeddings.data_type, list(embeddings.dims)) == (
-            "embeddings", model_config_pb2.TYPE_FP32, [512],
+            "embeddings",
+            model_config_pb2.TYPE_FP32,
+            [512],
         )
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]  # none above max_batch_size
         assert config.dynamic_batching.max_queue_delay_microseconds == 3000
@@ -200,10 +205,13 @@ def test_manifest_records_weights_settings_and_checksums(prepared) -> None:
     assert sorted(data["flavours"]) == sorted(FLAVOURS)
     files = model_files(repository)
     recorded = {}
-    for flavour, entry in data["flavours"].items():
+    for entry in data["flavours"].values():
         assert (entry["model"], entry["version"]) == (MODEL, "1")
         assert entry["weights"] == {
-            "id": MODEL, "source": "casia", "file": str(default_graph_path()), "sha256": GRAPH_SHA256,
+            "id": MODEL,
+            "source": "casia",
+            "file": str(default_graph_path()),
+            "sha256": GRAPH_SHA256,
         }
         assert entry["settings"]["max_batch_size"] == 16 and entry["settings"]["instances"] == 2
         recorded.update(entry["files"])
@@ -239,9 +247,12 @@ def test_a_changed_setting_rewrites_the_configs_only(repository_copy: Path) -> N
     after = mtimes(repository_copy)
     assert {name for name in before if after[name] != before[name]} == configs | {MANIFEST_NAME}
     assert parse_config(repository_copy / "onnx-python" / MODEL / "config.pbtxt").max_batch_size == 8
-    assert json.loads((repository_copy / MANIFEST_NAME).read_text())["flavours"]["onnx-python"]["settings"][
-        "max_batch_size"
-    ] == 8
+    assert (
+        json.loads((repository_copy / MANIFEST_NAME).read_text())["flavours"]["onnx-python"]["settings"][
+            "max_batch_size"
+        ]
+        == 8
+    )
 
 
 def test_another_version_or_model_id_replaces_the_old_folders(repository_copy: Path) -> None:
@@ -363,7 +374,7 @@ def test_vggface2_weights_from_a_local_file(tmp_path: Path, crops: np.ndarray, r
     its own, with a classifier) given by weights_path, as an offline user would."""
     import torch
 
-    from services.embedder.weights.facenet_casia import load_casia_facenet
+    from services.embedder.serving.weights.facenet_casia import load_casia_facenet
 
     state = load_casia_facenet().state_dict()
     state["logits.weight"] = torch.zeros(8631, 512)
@@ -390,7 +401,7 @@ def test_vggface2_weights_from_a_local_file(tmp_path: Path, crops: np.ndarray, r
 
 @pytest.fixture(scope="module")
 def onnx_python_triton(prepared, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    settings, manifest = prepared
+    _, manifest = prepared
     with TritonServer(manifest.flavour_repository("onnx-python"), tmp_path_factory.mktemp("triton-onnx")) as server:
         yield server
 
@@ -479,23 +490,39 @@ def test_onnxruntime_onnx_model_runs_in_onnxruntime_but_is_not_served_here(
 
 
 def test_models_prepare_command_reports_an_up_to_date_repository(repository_copy: Path) -> None:
-    env = {**os.environ, "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(repository_copy),
-           **{f"FACESEARCH_EMBEDDER_{key.upper()}": json.dumps(value) for key, value in SHAPING.items()}}
-    result = subprocess.run([*FACESEARCH, "models", "prepare", "--flavour", "onnx-python"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(repository_copy),
+        **{f"FACESEARCH_EMBEDDER_{key.upper()}": json.dumps(value) for key, value in SHAPING.items()},
+    }
+    result = subprocess.run(
+        [*FACESEARCH, "models", "prepare", "--flavour", "onnx-python"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert f"all models up to date in {repository_copy}" in result.stdout
     assert str(repository_copy / "onnx-python") in result.stdout
 
     env["FACESEARCH_EMBEDDER_MAX_QUEUE_DELAY_US"] = "100"
-    result = subprocess.run([*FACESEARCH, "models", "prepare", "--flavour", "onnx-python"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*FACESEARCH, "models", "prepare", "--flavour", "onnx-python"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert f"wrote {repository_copy / 'onnx-python' / MODEL / 'config.pbtxt'}" in result.stdout
 
     env["FACESEARCH_EMBEDDER_WEIGHTS_PATH"] = "/no/such/graph.pb"
-    result = subprocess.run([*FACESEARCH, "models", "prepare"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [*FACESEARCH, "models", "prepare"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1 and "/no/such/graph.pb" in result.stderr
 
 
@@ -544,8 +571,9 @@ def test_embedder_serve_becomes_ready_and_exits_0_on_sigterm(repository_copy: Pa
 def test_embedder_serve_rejects_bad_settings_with_status_2(tmp_path: Path, variables: dict, words: list) -> None:
     env = {**os.environ, "FACESEARCH_EMBEDDER_MODEL_REPOSITORY": str(tmp_path / "models"), **variables}
     started = time.monotonic()
-    result = subprocess.run([*FACESEARCH, "embedder", "serve"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [*FACESEARCH, "embedder", "serve"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2, result.stderr
     assert "cannot start the embedder" in result.stderr
     for word in words:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 
 from facesearch.v1 import common_pb2, detector_pb2, facesearch_pb2, search_pb2
-
 from scripts.generate_protos import OUTPUT_ROOT, generate
 
 
@@ -29,8 +28,16 @@ def test_the_v1_api_has_every_service_and_rpc():
     assert methods(detector_pb2, "Detector") == {"Detect", "DetectBatch"}
     assert methods(search_pb2, "Search") == {"Upsert", "Query", "Delete", "Count", "Scroll"}
     assert methods(facesearch_pb2, "FaceSearch") == {
-        "Enroll", "IndexPhotos", "Verify", "Identify", "FindMe", "DeletePerson",
-        "DeletePhoto", "ListPeople", "ClusterFaces", "Stats",
+        "Enroll",
+        "IndexPhotos",
+        "Verify",
+        "Identify",
+        "FindMe",
+        "DeletePerson",
+        "DeletePhoto",
+        "ListPeople",
+        "ClusterFaces",
+        "Stats",
     }
     assert {"Image", "BoundingBox", "Landmarks", "Face", "FaceQuality", "Embedding", "EmbeddingModel"} <= set(
         common_pb2.DESCRIPTOR.message_types_by_name

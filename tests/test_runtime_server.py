@@ -13,12 +13,13 @@ import urllib.request
 
 import grpc
 import pytest
-from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, free_ports, photo_bytes, start_detector
+from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
+from services.runtime.ports import free_ports
+from tests.conftest import REPO, photo_bytes, start_detector
 
 DETECTOR = "facesearch.v1.Detector"
 
@@ -58,11 +59,16 @@ def test_metrics_count_calls_by_method_and_status_code(detector_server, detector
     method = f"/{DETECTOR}/Detect"
 
     def count(code: str) -> float:
-        key = ("facesearch_grpc_requests_total", frozenset({"service": "detector", "method": method, "code": code}.items()))
+        key = (
+            "facesearch_grpc_requests_total",
+            frozenset({"service": "detector", "method": method, "code": code}.items()),
+        )
         return scrape(port).get(key, 0.0)
 
     ok_before, invalid_before = count("OK"), count("INVALID_ARGUMENT")
-    detector.Detect(detector_pb2.DetectRequest(image=common_pb2.Image(content=photo_bytes("photoprism", "2.jpg"))), timeout=60)
+    detector.Detect(
+        detector_pb2.DetectRequest(image=common_pb2.Image(content=photo_bytes("photoprism", "2.jpg"))), timeout=60
+    )
     with pytest.raises(grpc.RpcError):
         detector.Detect(detector_pb2.DetectRequest(image=common_pb2.Image(content=b"junk")), timeout=60)
     with pytest.raises(grpc.RpcError):
@@ -86,7 +92,9 @@ def test_in_flight_gauge_rises_during_a_call():
             labels = frozenset({"service": "detector", "method": f"/{DETECTOR}/Detect"}.items())
             seen = 0.0
             while not future.done():
-                seen = max(seen, scrape(server.server.metrics_port).get(("facesearch_grpc_requests_in_flight", labels), 0.0))
+                seen = max(
+                    seen, scrape(server.server.metrics_port).get(("facesearch_grpc_requests_in_flight", labels), 0.0)
+                )
                 time.sleep(0.05)
             assert future.result().faces
             assert seen == 1
@@ -121,11 +129,13 @@ def test_sigterm_drains_and_exits_cleanly_with_structured_logs():
         [sys.executable, "-m", "services.detector"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        from gateway.suite import wait_until_serving
+        from launcher.processes import wait_until_serving
 
         wait_until_serving(f"127.0.0.1:{port}", 120, process)
         big = photo_bytes("compreface", "001_A.jpg")
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as channel:
             call = detector_pb2_grpc.DetectorStub(channel).Detect.future(
                 detector_pb2.DetectRequest(image=common_pb2.Image(content=big)), timeout=60
             )

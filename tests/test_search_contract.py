@@ -42,9 +42,13 @@ def gallery(index):
         NewFace(
             vector=vector,
             payload={
-                "photo_id": f"photo-{i // 2}", "photo_hash": f"hash-{i // 2}", "face_index": i % 2,
-                "person_id": f"person-{label}", "source": "enrollment" if i % FACES_PER_PERSON == 0 else "gallery",
-                "box": [1.0, 2.0, 3.0, 4.0], "confidence": 0.99,
+                "photo_id": f"photo-{i // 2}",
+                "photo_hash": f"hash-{i // 2}",
+                "face_index": i % 2,
+                "person_id": f"person-{label}",
+                "source": "enrollment" if i % FACES_PER_PERSON == 0 else "gallery",
+                "box": [1.0, 2.0, 3.0, 4.0],
+                "confidence": 0.99,
             },
         )
         for i, (vector, label) in enumerate(zip(vectors, labels))
@@ -171,19 +175,22 @@ def test_delete_by_ids_photo_person_and_tenant(index, gallery):
     ("call", "words"),
     [
         (lambda i, v: i.upsert("acme", MODEL, SIZE, [NewFace(v[:100], {"photo_hash": "x"})]), "dimension 100"),
-        (lambda i, v: i.upsert("acme", MODEL, SIZE, [NewFace(np.full(SIZE, np.nan), {"photo_hash": "x"})]), "NaN"),
-        (lambda i, v: i.upsert("acme", MODEL, SIZE, [NewFace(np.full(SIZE, np.inf), {"photo_hash": "x"})]), "infinite"),
+        (lambda i, _: i.upsert("acme", MODEL, SIZE, [NewFace(np.full(SIZE, np.nan), {"photo_hash": "x"})]), "NaN"),
+        (lambda i, _: i.upsert("acme", MODEL, SIZE, [NewFace(np.full(SIZE, np.inf), {"photo_hash": "x"})]), "infinite"),
         (lambda i, v: i.upsert("", MODEL, SIZE, [NewFace(v, {"photo_hash": "x"})]), "tenant is required"),
         (lambda i, v: i.upsert("acme", "nope", SIZE, [NewFace(v, {"photo_hash": "x"})]), "unknown model"),
         (lambda i, v: i.upsert("acme", MODEL, 128, [NewFace(v, {"photo_hash": "x"})]), "dimension 512"),
-        (lambda i, v: i.upsert("acme", MODEL, SIZE, [NewFace(v, {"photo_hash": f"h{n}"}) for n in range(101)]), "limit of 100"),
+        (
+            lambda i, v: i.upsert("acme", MODEL, SIZE, [NewFace(v, {"photo_hash": f"h{n}"}) for n in range(101)]),
+            "limit of 100",
+        ),
         (lambda i, v: i.upsert("acme", MODEL, SIZE, [NewFace(v, {})]), "photo hash"),
         (lambda i, v: i.upsert("acme", MODEL, SIZE, [NewFace(v, {"photo_hash": "x", "tenant": "globex"})]), "tenant"),
         (lambda i, v: i.query("", MODEL, SIZE, [v.tolist()]), "tenant is required"),
         (lambda i, v: i.query("acme", MODEL, SIZE, [v[:10].tolist()]), "dimension 10"),
-        (lambda i, v: i.query("acme", MODEL, SIZE, []), "no query vectors"),
-        (lambda i, v: i.delete("acme", MODEL, Selector()), "say what to delete"),
-        (lambda i, v: i.count("acme", "nope"), "unknown model"),
+        (lambda i, _: i.query("acme", MODEL, SIZE, []), "no query vectors"),
+        (lambda i, _: i.delete("acme", MODEL, Selector()), "say what to delete"),
+        (lambda i, _: i.count("acme", "nope"), "unknown model"),
     ],
 )
 def test_bad_requests_are_rejected_and_write_nothing(index, gallery, call, words):

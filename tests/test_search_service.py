@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from facesearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
+from facesearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from services.runtime.background import BackgroundServer
 from services.search.server import build_server
 from services.search.settings import SearchSettings
@@ -34,10 +34,17 @@ def face(seed: int, photo: str, index: int = 0, person: str = "", source=search_
     return search_pb2.FaceRecord(
         vector=unit(seed),
         payload=search_pb2.FacePayload(
-            photo_id=photo, photo_uri=f"file:///{photo}.jpg", photo_hash=f"sha-{photo}", face_index=index,
-            box=common_pb2.BoundingBox(x_min=10, y_min=20, x_max=110, y_max=140), confidence=0.98,
-            quality=common_pb2.FaceQuality(blur_variance=321.0, face_size=100), person_id=person, source=source,
-            person_name=person.title(), metadata={"album": "summer"},
+            photo_id=photo,
+            photo_uri=f"file:///{photo}.jpg",
+            photo_hash=f"sha-{photo}",
+            face_index=index,
+            box=common_pb2.BoundingBox(x_min=10, y_min=20, x_max=110, y_max=140),
+            confidence=0.98,
+            quality=common_pb2.FaceQuality(blur_variance=321.0, face_size=100),
+            person_id=person,
+            source=source,
+            person_name=person.title(),
+            metadata={"album": "summer"},
         ),
     )
 
@@ -51,8 +58,10 @@ def test_upsert_query_scroll_and_delete_through_grpc(search):
 
     reply = search.Query(
         search_pb2.QueryRequest(
-            tenant="t1", model=MODEL, top_k=3, vectors=[search_pb2.QueryVector(values=unit(5)),
-                                                        search_pb2.QueryVector(values=unit(1))]
+            tenant="t1",
+            model=MODEL,
+            top_k=3,
+            vectors=[search_pb2.QueryVector(values=unit(5)), search_pb2.QueryVector(values=unit(1))],
         ),
         timeout=30,
     )
@@ -66,21 +75,29 @@ def test_upsert_query_scroll_and_delete_through_grpc(search):
     assert reply.results[1].hits[0].face.payload.person_name == "Ann"
 
     filtered = search.Query(
-        search_pb2.QueryRequest(tenant="t1", model=MODEL, top_k=10, vectors=[search_pb2.QueryVector(values=unit(9))],
-                                filter=search_pb2.FaceFilter(person_ids=["ann"])),
+        search_pb2.QueryRequest(
+            tenant="t1",
+            model=MODEL,
+            top_k=10,
+            vectors=[search_pb2.QueryVector(values=unit(9))],
+            filter=search_pb2.FaceFilter(person_ids=["ann"]),
+        ),
         timeout=30,
     )
     assert {h.face.payload.person_id for h in filtered.results[0].hits} == {"ann"}
     thresholded = search.Query(
-        search_pb2.QueryRequest(tenant="t1", model=MODEL, top_k=10, score_threshold=0.9,
-                                vectors=[search_pb2.QueryVector(values=unit(9))]),
+        search_pb2.QueryRequest(
+            tenant="t1", model=MODEL, top_k=10, score_threshold=0.9, vectors=[search_pb2.QueryVector(values=unit(9))]
+        ),
         timeout=30,
     )
     assert [h.face.id for h in thresholded.results[0].hits] == [upserted.ids[9]]
 
     ids, token = [], ""
     while True:
-        page = search.Scroll(search_pb2.ScrollRequest(tenant="t1", model=MODEL, page_size=4, page_token=token), timeout=30)
+        page = search.Scroll(
+            search_pb2.ScrollRequest(tenant="t1", model=MODEL, page_size=4, page_token=token), timeout=30
+        )
         ids += [f.id for f in page.faces]
         token = page.next_page_token
         if not token:
@@ -90,7 +107,8 @@ def test_upsert_query_scroll_and_delete_through_grpc(search):
     photos = search.Count(search_pb2.CountRequest(tenant="t1", filter=search_pb2.FaceFilter(face_index=0)), timeout=30)
     assert photos.count == 5, "face 0 of each of the 5 photos"
     by_hash = search.Count(
-        search_pb2.CountRequest(tenant="t1", filter=search_pb2.FaceFilter(photo_hashes=["sha-p1", "sha-p3"])), timeout=30
+        search_pb2.CountRequest(tenant="t1", filter=search_pb2.FaceFilter(photo_hashes=["sha-p1", "sha-p3"])),
+        timeout=30,
     )
     assert by_hash.count == 4
 
@@ -122,8 +140,16 @@ def test_bad_requests_get_invalid_argument(search):
         (search_pb2.UpsertRequest(tenant="t", model=MODEL, faces=[face(i, f"b{i}") for i in range(51)]), "limit of 50"),
         (search_pb2.UpsertRequest(tenant="t", model=MODEL), "no faces"),
     ]:
-        expect_invalid(lambda: search.Upsert(request, timeout=30), words)
+        expect_invalid(lambda request=request: search.Upsert(request, timeout=30), words)
     assert search.Count(search_pb2.CountRequest(tenant="t"), timeout=30).count == 0, "nothing partial was written"
-    expect_invalid(lambda: search.Query(search_pb2.QueryRequest(model=MODEL, vectors=[search_pb2.QueryVector(values=unit(1))]), timeout=30), "tenant")
+    expect_invalid(
+        lambda: search.Query(
+            search_pb2.QueryRequest(model=MODEL, vectors=[search_pb2.QueryVector(values=unit(1))]), timeout=30
+        ),
+        "tenant",
+    )
     expect_invalid(lambda: search.Delete(search_pb2.DeleteRequest(tenant="t"), timeout=30), "say what to delete")
-    expect_invalid(lambda: search.Scroll(search_pb2.ScrollRequest(tenant="t", model=MODEL, page_token="zzz"), timeout=30), "page_token")
+    expect_invalid(
+        lambda: search.Scroll(search_pb2.ScrollRequest(tenant="t", model=MODEL, page_token="zzz"), timeout=30),
+        "page_token",
+    )

@@ -14,7 +14,9 @@ def test_defaults_environment_and_file_in_order_of_precedence(tmp_path, monkeypa
     assert (defaults.port, defaults.max_side, defaults.backend) == (50051, 1280, "mtcnn")
 
     config = tmp_path / "facesearch.toml"
-    config.write_text('[detector]\nmax_side = 1600\nport = 6000\nretry_confidences = [0.85, 0.75]\n[search]\nport = 7\n')
+    config.write_text(
+        "[detector]\nmax_side = 1600\nport = 6000\nretry_confidences = [0.85, 0.75]\n[search]\nport = 7\n"
+    )
     monkeypatch.setenv("FACESEARCH_CONFIG", str(config))
     from_file = load_settings(DetectorSettings)
     assert (from_file.max_side, from_file.port, from_file.retry_confidences) == (1600, 6000, [0.85, 0.75])

@@ -20,8 +20,8 @@ import tritonclient.grpc.aio as grpcclient_aio
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from services.embedder.model_repository import model_config, write_model
-from services.embedder.triton_server import TritonError, TritonServer
+from services.embedder.serving.model_repository import model_config, write_model
+from services.embedder.serving.triton_server import TritonError, TritonServer
 
 MODEL = "facenet"
 BROKEN = "broken"  # its ONNX model wants float crops, so ONNX Runtime fails on every batch
@@ -80,7 +80,11 @@ def triton(tmp_path_factory: pytest.TempPathFactory, onnx_bytes: bytes) -> Itera
     repository = tmp_path_factory.mktemp("model_repository")
     # A generous queue delay so that concurrent requests meet in the queue even on 2 CPUs.
     write_model(
-        repository, MODEL, onnx_bytes, max_batch_size=MAX_BATCH, preferred_batch_sizes=(4, 8, 16),
+        repository,
+        MODEL,
+        onnx_bytes,
+        max_batch_size=MAX_BATCH,
+        preferred_batch_sizes=(4, 8, 16),
         max_queue_delay_us=20_000,
     )
     write_model(repository, BROKEN, embedding_model(TensorProto.FLOAT), max_batch_size=4)

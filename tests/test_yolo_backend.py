@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 
+from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector.backends.yolo import YoloFaceBackend, _configure_ultralytics_offline
 from tests.conftest import photo_bytes, start_detector
 

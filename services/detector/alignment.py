@@ -54,9 +54,7 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def align_face(
-    image: np.ndarray, landmarks: np.ndarray, size: int = 160, margin: float = 0.1
-) -> np.ndarray:
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 160, margin: float = 0.1) -> np.ndarray:
     """Returns the size x size x 3 aligned crop of the face with these landmarks
     (pixel coordinates of ``image``)."""
     matrix = similarity_transform(landmarks, template(size, margin))
@@ -65,14 +63,10 @@ def align_face(
         # Shrinking by more than 2x in one warp aliases; pre-shrink the face's
         # neighbourhood with area averaging first.
         image, matrix = _preshrink(image, matrix, size, scale)
-    return cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _preshrink(
-    image: np.ndarray, matrix: np.ndarray, size: int, scale: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _preshrink(image: np.ndarray, matrix: np.ndarray, size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
     source_corners = corners @ inverse.T

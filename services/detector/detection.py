@@ -22,6 +22,7 @@ from services.detector.images import DecodedImage
 from services.detector.quality import blur_variance
 from services.detector.settings import DetectorSettings
 
+
 @dataclass(frozen=True)
 class DetectionOptions:
     min_confidence: float
@@ -71,9 +72,7 @@ class FaceDetector:
         )
 
     def detect(self, images: list[DecodedImage], options: DetectionOptions) -> list[Detection]:
-        ladder = [options.min_confidence] + [
-            c for c in self.settings.retry_confidences if c < options.min_confidence
-        ]
+        ladder = [options.min_confidence] + [c for c in self.settings.retry_confidences if c < options.min_confidence]
         inputs = [self._detection_input(image) for image in images]
         found: dict[int, tuple[float, list[tuple[FaceCandidate, float]]]] = {}
         pending = list(range(len(images)))
@@ -109,9 +108,7 @@ class FaceDetector:
     ) -> list[list[tuple[FaceCandidate, float]]]:
         """Backend candidates per input, with their scale, filtered by face size."""
         scales = [scale for _, scale in inputs]
-        search_size = max(
-            self.settings.min_detection_face_size, round(options.min_face_size * min(scales))
-        )
+        search_size = max(self.settings.min_detection_face_size, round(options.min_face_size * min(scales)))
         outputs = self.backend.detect([pixels for pixels, _ in inputs], search_size, threshold)
         return [
             [
@@ -136,9 +133,7 @@ class FaceDetector:
             box = candidate.box / scale
             landmarks = candidate.landmarks / scale
             try:
-                crop = align_face(
-                    image.pixels, landmarks * image.scale, self.settings.crop_size, options.crop_margin
-                )
+                crop = align_face(image.pixels, landmarks * image.scale, self.settings.crop_size, options.crop_margin)
             except ValueError:  # all landmarks at one point: nothing a face could be aligned on
                 continue
             variance = blur_variance(crop)
@@ -184,4 +179,3 @@ class FaceDetector:
             crop=crop if options.include_crops else None,
             whole_image_fallback=True,
         )
-

@@ -67,12 +67,10 @@ def decode_image(data: bytes, limits: ImageLimits, min_side: int | None = None) 
         raise ImageError(
             f"cannot decode image: not a recognised image file (supported: {', '.join(SUPPORTED_FORMATS)})"
         ) from None
-    except Exception as error:  # Pillow raises many kinds on malformed headers
+    except Exception as error:  # noqa: BLE001 - Pillow raises many kinds on malformed headers
         raise ImageError(f"cannot decode image: {error}") from None
     if image.format not in SUPPORTED_FORMATS:
-        raise ImageError(
-            f"unsupported image format {image.format}; supported: {', '.join(SUPPORTED_FORMATS)}"
-        )
+        raise ImageError(f"unsupported image format {image.format}; supported: {', '.join(SUPPORTED_FORMATS)}")
     stored_width, stored_height = image.size
     if stored_width < 1 or stored_height < 1:
         raise ImageError(f"image has no pixels ({stored_width} x {stored_height})")
@@ -101,7 +99,7 @@ def decode_image(data: bytes, limits: ImageLimits, min_side: int | None = None) 
         pixels = _to_rgb(image)
     except ImageError:
         raise
-    except Exception as error:  # truncated or corrupt pixel data
+    except Exception as error:  # noqa: BLE001 - truncated or corrupt pixel data
         raise ImageError(f"cannot decode image: {error}") from None
     return DecodedImage(
         pixels=pixels,
@@ -115,7 +113,7 @@ def decode_image(data: bytes, limits: ImageLimits, min_side: int | None = None) 
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(0x0112, 1))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken EXIF block means no rotation
         return 1
 
 

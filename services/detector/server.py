@@ -7,8 +7,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from facesearch.v1 import detector_pb2, detector_pb2_grpc
 
+from facesearch.v1 import detector_pb2, detector_pb2_grpc
 from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.service import DetectorService

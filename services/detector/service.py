@@ -8,8 +8,8 @@ from concurrent.futures import Executor
 
 import grpc
 import numpy as np
-from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 
+from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector.detection import Detection, DetectionOptions, FaceDetector
 from services.detector.images import DecodedImage, ImageError, ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
@@ -50,14 +50,11 @@ class DetectorService(detector_pb2_grpc.DetectorServicer):
                 raise InvalidRequest("images is empty: send at least one image")
             if len(request.images) > self.settings.max_batch_images:
                 raise InvalidRequest(
-                    f"{len(request.images)} images in one batch, over the limit of "
-                    f"{self.settings.max_batch_images}"
+                    f"{len(request.images)} images in one batch, over the limit of {self.settings.max_batch_images}"
                 )
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        decoded = await asyncio.gather(
-            *(self._run(self._decode_or_error, image.content) for image in request.images)
-        )
+        decoded = await asyncio.gather(*(self._run(self._decode_or_error, image.content) for image in request.images))
         good = [item for item in decoded if isinstance(item, DecodedImage)]
         detections = iter(await self._run(self.detector.detect, good, options) if good else [])
         items = []
@@ -117,9 +114,7 @@ class DetectorService(detector_pb2_grpc.DetectorServicer):
                 proto.landmarks.CopyFrom(_landmarks(face.landmarks))
             if face.crop is not None:
                 height, width = face.crop.shape[:2]
-                proto.crop.CopyFrom(
-                    common_pb2.AlignedCrop(rgb=face.crop.tobytes(), width=width, height=height)
-                )
+                proto.crop.CopyFrom(common_pb2.AlignedCrop(rgb=face.crop.tobytes(), width=width, height=height))
             faces.append(proto)
         return detector_pb2.DetectResponse(
             faces=faces,
@@ -138,9 +133,7 @@ def _box(box: np.ndarray) -> common_pb2.BoundingBox:
 
 
 def _landmarks(points: np.ndarray) -> common_pb2.Landmarks:
-    left_eye, right_eye, nose, mouth_left, mouth_right = (
-        common_pb2.Point(x=float(x), y=float(y)) for x, y in points
-    )
+    left_eye, right_eye, nose, mouth_left, mouth_right = (common_pb2.Point(x=float(x), y=float(y)) for x, y in points)
     return common_pb2.Landmarks(
         left_eye=left_eye, right_eye=right_eye, nose=nose, mouth_left=mouth_left, mouth_right=mouth_right
     )

@@ -23,13 +23,9 @@ class DetectorSettings(ServiceSettings):
     workers: int = Field(2, ge=1, description="Detections run at the same time.")
 
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest encoded photo.")
-    max_image_pixels: int = Field(
-        200_000_000, ge=1, description="Largest photo in pixels (checked before decoding)."
-    )
+    max_image_pixels: int = Field(200_000_000, ge=1, description="Largest photo in pixels (checked before decoding).")
     max_batch_images: int = Field(64, ge=1, description="Most photos in one DetectBatch call.")
-    max_side: int = Field(
-        1280, ge=64, description="Photos are shrunk to this longer side before detection."
-    )
+    max_side: int = Field(1280, ge=64, description="Photos are shrunk to this longer side before detection.")
 
     min_confidence: float = Field(0.9, gt=0, le=1, description="Confidence of the first pass.")
     retry_confidences: list[float] = Field(

@@ -3,7 +3,7 @@
 
 import sys
 
-from services.embedder.serve import main
+from services.embedder.serving.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -56,9 +56,7 @@ class ServiceSettings(BaseSettings):
         None, ge=0, le=65535, description="Prometheus /metrics port; unset disables, 0 picks one."
     )
     max_message_mb: int = Field(64, ge=1, le=2047, description="Largest gRPC message accepted.")
-    shutdown_grace_s: float = Field(
-        10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish."
-    )
+    shutdown_grace_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -72,8 +70,8 @@ class ServiceSettings(BaseSettings):
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - not a source here
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - not a source here
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_file = InitSettingsSource(settings_cls, init_kwargs=_config_file_section(cls.section))
         return (init_settings, env_settings, config_file)
@@ -93,6 +91,4 @@ def load_settings(settings_cls: type[SettingsT], **overrides: Any) -> SettingsT:
             field = ".".join(str(part) for part in item["loc"]) or "(settings)"
             variable = f"{prefix}{field.split('.')[0].upper()}"
             problems.append(f"  {field} ({variable}): {item['msg']}")
-        raise SettingsError(
-            f"invalid {settings_cls.section} settings:\n" + "\n".join(problems)
-        ) from None
+        raise SettingsError(f"invalid {settings_cls.section} settings:\n" + "\n".join(problems)) from None

@@ -71,8 +71,14 @@ class Page:
 
 class FaceIndex:
     def __init__(
-        self, store: FaceStore, models: dict[str, int], *, max_batch: int = 1024, max_query_vectors: int = 64,
-        max_top_k: int = 1000, max_page_size: int = 1000,
+        self,
+        store: FaceStore,
+        models: dict[str, int],
+        *,
+        max_batch: int = 1024,
+        max_query_vectors: int = 64,
+        max_top_k: int = 1000,
+        max_page_size: int = 1000,
     ) -> None:
         self.store = store
         self.models = dict(models)
@@ -182,8 +188,15 @@ class FaceIndex:
         return ids
 
     def query(
-        self, tenant: str, model_id: str, size: int, vectors: list[list[float]], top_k: int = 10,
-        score_threshold: float | None = None, face_filter: FaceFilter | None = None, with_vectors: bool = False,
+        self,
+        tenant: str,
+        model_id: str,
+        size: int,
+        vectors: list[list[float]],
+        top_k: int = 10,
+        score_threshold: float | None = None,
+        face_filter: FaceFilter | None = None,
+        with_vectors: bool = False,
     ) -> list[list[ScoredFace]]:
         conditions = self._conditions(tenant, face_filter)
         model_id, size = self._model(model_id, size)
@@ -207,7 +220,8 @@ class FaceIndex:
         if sum(chosen) != 1:
             raise InvalidRequest("say what to delete: ids, photo_id, person_id or whole_tenant")
         conditions = self._conditions(
-            tenant, photo_id=(selector.photo_id,) if selector.photo_id else (),
+            tenant,
+            photo_id=(selector.photo_id,) if selector.photo_id else (),
             person_id=(selector.person_id,) if selector.person_id else (),
         )
         if selector.ids:
@@ -223,8 +237,14 @@ class FaceIndex:
         return sum(self.store.count(name, conditions) for name in self._existing_collections(model_id))
 
     def scroll(
-        self, tenant: str, model_id: str, size: int, face_filter: FaceFilter | None = None, page_size: int = 100,
-        page_token: str = "", with_vectors: bool = False,
+        self,
+        tenant: str,
+        model_id: str,
+        size: int,
+        face_filter: FaceFilter | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        with_vectors: bool = False,
     ) -> Page:
         conditions = self._conditions(tenant, face_filter)
         model_id, size = self._model(model_id, size)

@@ -7,7 +7,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from facesearch.v1 import search_pb2, search_pb2_grpc
-
 from services.runtime.logs import configure_logging
 from services.runtime.server import GrpcServer, ServiceBinding
 from services.search.faces import FaceIndex

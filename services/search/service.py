@@ -8,9 +8,9 @@ from concurrent.futures import Executor
 from typing import Any
 
 import grpc
-from facesearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from facesearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from services.search.faces import FaceFilter, FaceIndex, InvalidRequest, NewFace, Selector
 from services.search.store.base import StoredFace
 
@@ -52,9 +52,7 @@ class SearchService(search_pb2_grpc.SearchServicer):
         )
         return search_pb2.QueryResponse(
             results=[
-                search_pb2.QueryResult(
-                    hits=[search_pb2.ScoredFace(score=hit.score, face=_record(hit)) for hit in hits]
-                )
+                search_pb2.QueryResult(hits=[search_pb2.ScoredFace(score=hit.score, face=_record(hit)) for hit in hits])
                 for hits in results
             ]
         )

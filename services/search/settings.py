@@ -33,9 +33,7 @@ class SearchSettings(ServiceSettings):
     hnsw_m: int = Field(16, ge=4, description="HNSW graph degree.")
     hnsw_ef_construct: int = Field(128, ge=8, description="HNSW build-time beam width.")
     hnsw_ef: int = Field(128, ge=8, description="HNSW search-time beam width.")
-    optimize_after: int = Field(
-        5000, ge=1, description="Edge: build the HNSW index after this many new points."
-    )
+    optimize_after: int = Field(5000, ge=1, description="Edge: build the HNSW index after this many new points.")
 
     indexing_threshold_kb: int = Field(
         20_000, ge=1, description="Edge: segments larger than this (KiB of vectors) get an HNSW index."

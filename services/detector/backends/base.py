@@ -27,9 +27,7 @@ class FaceDetectorBackend(ABC):
         """Loads the model; called once before ``detect``."""
 
     @abstractmethod
-    def detect(
-        self, images: list[np.ndarray], min_face_size: int, min_confidence: float
-    ) -> list[list[FaceCandidate]]:
+    def detect(self, images: list[np.ndarray], min_face_size: int, min_confidence: float) -> list[list[FaceCandidate]]:
         """Detects faces in each H x W x 3 uint8 RGB image, in as few model calls
         as the backend allows. Returns, per image, the faces whose confidence is
         at least ``min_confidence`` and whose shorter side is at least about

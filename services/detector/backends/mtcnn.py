@@ -36,9 +36,7 @@ class MtcnnBackend(FaceDetectorBackend):
         the earlier, coarse stages stay more permissive than it."""
         return [min(0.6, min_confidence - 0.3), min(0.7, min_confidence - 0.2), min_confidence]
 
-    def detect(
-        self, images: list[np.ndarray], min_face_size: int, min_confidence: float
-    ) -> list[list[FaceCandidate]]:
+    def detect(self, images: list[np.ndarray], min_face_size: int, min_confidence: float) -> list[list[FaceCandidate]]:
         if self.nets is None:
             raise RuntimeError("MtcnnBackend.detect called before load()")
         if not images:

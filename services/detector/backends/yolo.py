@@ -51,9 +51,7 @@ class YoloFaceBackend(FaceDetectorBackend):
             )
         self.model = model
 
-    def detect(
-        self, images: list[np.ndarray], min_face_size: int, min_confidence: float
-    ) -> list[list[FaceCandidate]]:
+    def detect(self, images: list[np.ndarray], min_face_size: int, min_confidence: float) -> list[list[FaceCandidate]]:
         if self.model is None:
             raise RuntimeError("YoloFaceBackend.detect called before load()")
         if not images:

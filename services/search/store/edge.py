@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from services.search.store.base import INTEGER_FIELDS, KEYWORD_FIELDS, Conditions, FaceStore, ScoredFace, StoredFace, as_vector
+from services.search.store.base import (
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    Conditions,
+    FaceStore,
+    ScoredFace,
+    StoredFace,
+    as_vector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +40,14 @@ class _Collection:
 
 class EdgeFaceStore(FaceStore):
     def __init__(
-        self, path: str | Path, *, hnsw_m: int = 16, hnsw_ef_construct: int = 128, hnsw_ef: int = 128,
-        optimize_after: int = 5000, indexing_threshold_kb: int = 20_000,
+        self,
+        path: str | Path,
+        *,
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 128,
+        hnsw_ef: int = 128,
+        optimize_after: int = 5000,
+        indexing_threshold_kb: int = 20_000,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -121,8 +135,14 @@ class EdgeFaceStore(FaceStore):
             thread.join()
 
     def query(
-        self, name: str, vectors: np.ndarray, limit: int, conditions: Conditions,
-        score_threshold: float | None = None, with_vectors: bool = False, exact: bool = False,
+        self,
+        name: str,
+        vectors: np.ndarray,
+        limit: int,
+        conditions: Conditions,
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
     ) -> list[list[ScoredFace]]:
         collection = self._get(name)
         requests = [
@@ -183,4 +203,3 @@ def _filter(conditions: Conditions) -> qe.Filter | None:
     if conditions.ids is not None:
         must.append(qe.HasIdCondition(set(conditions.ids)))
     return qe.Filter(must=must) if must else None
-

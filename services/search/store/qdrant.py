@@ -9,13 +9,27 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from services.search.store.base import INTEGER_FIELDS, KEYWORD_FIELDS, Conditions, FaceStore, ScoredFace, StoredFace, as_vector
+from services.search.store.base import (
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    Conditions,
+    FaceStore,
+    ScoredFace,
+    StoredFace,
+    as_vector,
+)
 
 
 class QdrantFaceStore(FaceStore):
     def __init__(
-        self, url: str | None = None, path: str = ":memory:", *, hnsw_m: int = 16,
-        hnsw_ef_construct: int = 128, hnsw_ef: int = 128, timeout_s: int = 30,
+        self,
+        url: str | None = None,
+        path: str = ":memory:",
+        *,
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 128,
+        hnsw_ef: int = 128,
+        timeout_s: int = 30,
     ) -> None:
         if url:
             self.client = QdrantClient(url=url, timeout=timeout_s)
@@ -53,8 +67,14 @@ class QdrantFaceStore(FaceStore):
         self.client.upsert(name, points=points, wait=True)
 
     def query(
-        self, name: str, vectors: np.ndarray, limit: int, conditions: Conditions,
-        score_threshold: float | None = None, with_vectors: bool = False, exact: bool = False,
+        self,
+        name: str,
+        vectors: np.ndarray,
+        limit: int,
+        conditions: Conditions,
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
     ) -> list[list[ScoredFace]]:
         requests = [
             models.QueryRequest(
@@ -87,8 +107,12 @@ class QdrantFaceStore(FaceStore):
         self, name: str, conditions: Conditions, limit: int, offset: str | None, with_vectors: bool = False
     ) -> tuple[list[StoredFace], str | None]:
         records, next_offset = self.client.scroll(
-            name, scroll_filter=_filter(conditions), limit=limit, offset=offset,
-            with_payload=True, with_vectors=with_vectors,
+            name,
+            scroll_filter=_filter(conditions),
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=with_vectors,
         )
         faces = [StoredFace(str(r.id), as_vector(r.vector), dict(r.payload or {})) for r in records]
         return faces, None if next_offset is None else str(next_offset)
@@ -108,4 +132,3 @@ def _filter(conditions: Conditions) -> models.Filter | None:
     if conditions.ids is not None:
         must.append(models.HasIdCondition(has_id=list(conditions.ids)))
     return models.Filter(must=must) if must else None
-

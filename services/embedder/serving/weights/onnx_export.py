@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.embedder.weights.facenet_casia import CROP_SIZE, PIXEL_MEAN, PIXEL_SCALE
+from services.embedder.serving.weights.facenet_casia import CROP_SIZE, PIXEL_MEAN, PIXEL_SCALE
 
 INPUT_NAME = "crops"
 OUTPUT_NAME = "embeddings"

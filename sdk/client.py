@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Union
 
 import grpc
+
 from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
 
-PhotoLike = Union[str, Path, bytes, facesearch_pb2.Photo]
+PhotoLike = str | Path | bytes | facesearch_pb2.Photo
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -68,8 +68,11 @@ class _Requests:
     @staticmethod
     def find_me(references, person_id, threshold, limit, page_token) -> facesearch_pb2.FindMeRequest:
         return facesearch_pb2.FindMeRequest(
-            references=[as_photo(p) for p in references], person_id=person_id, similarity_threshold=threshold,
-            limit=limit, page_token=page_token,
+            references=[as_photo(p) for p in references],
+            person_id=person_id,
+            similarity_threshold=threshold,
+            limit=limit,
+            page_token=page_token,
         )
 
 
@@ -111,28 +114,40 @@ class FaceSearchClient:
         return self._call(self._stub.Identify, _Requests.identify(photo, top_k, threshold))
 
     def find_me(
-        self, references: Iterable[PhotoLike] = (), *, person_id: str = "", threshold: float | None = None,
-        limit: int = 50, page_token: str = "",
+        self,
+        references: Iterable[PhotoLike] = (),
+        *,
+        person_id: str = "",
+        threshold: float | None = None,
+        limit: int = 50,
+        page_token: str = "",
     ) -> facesearch_pb2.FindMeResponse:
         return self._call(self._stub.FindMe, _Requests.find_me(references, person_id, threshold, limit, page_token))
 
     def find_me_all(
-        self, references: Iterable[PhotoLike] = (), *, person_id: str = "", threshold: float | None = None,
+        self,
+        references: Iterable[PhotoLike] = (),
+        *,
+        person_id: str = "",
+        threshold: float | None = None,
         page_size: int = 100,
     ) -> Iterator[facesearch_pb2.PhotoMatch]:
         """Every match, page after page, best first."""
         references = [as_photo(p) for p in references]
         token = ""
         while True:
-            reply = self.find_me(references, person_id=person_id, threshold=threshold, limit=page_size,
-                                 page_token=token)
+            reply = self.find_me(
+                references, person_id=person_id, threshold=threshold, limit=page_size, page_token=token
+            )
             yield from reply.matches
             token = reply.next_page_token
             if not token:
                 return
 
     def delete_person(self, person_id: str) -> int:
-        return self._call(self._stub.DeletePerson, facesearch_pb2.DeletePersonRequest(person_id=person_id)).faces_deleted
+        return self._call(
+            self._stub.DeletePerson, facesearch_pb2.DeletePersonRequest(person_id=person_id)
+        ).faces_deleted
 
     def delete_photo(self, photo_id: str) -> int:
         return self._call(self._stub.DeletePhoto, facesearch_pb2.DeletePhotoRequest(photo_id=photo_id)).faces_deleted
@@ -213,21 +228,31 @@ class AsyncFaceSearchClient:
         return await self._call(self._stub.Identify, _Requests.identify(photo, top_k, threshold))
 
     async def find_me(
-        self, references: Iterable[PhotoLike] = (), *, person_id: str = "", threshold: float | None = None,
-        limit: int = 50, page_token: str = "",
+        self,
+        references: Iterable[PhotoLike] = (),
+        *,
+        person_id: str = "",
+        threshold: float | None = None,
+        limit: int = 50,
+        page_token: str = "",
     ) -> facesearch_pb2.FindMeResponse:
         request = _Requests.find_me(references, person_id, threshold, limit, page_token)
         return await self._call(self._stub.FindMe, request)
 
     async def find_me_all(
-        self, references: Iterable[PhotoLike] = (), *, person_id: str = "", threshold: float | None = None,
+        self,
+        references: Iterable[PhotoLike] = (),
+        *,
+        person_id: str = "",
+        threshold: float | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[facesearch_pb2.PhotoMatch]:
         references = [as_photo(p) for p in references]
         token = ""
         while True:
-            reply = await self.find_me(references, person_id=person_id, threshold=threshold, limit=page_size,
-                                       page_token=token)
+            reply = await self.find_me(
+                references, person_id=person_id, threshold=threshold, limit=page_size, page_token=token
+            )
             for match in reply.matches:
                 yield match
             token = reply.next_page_token

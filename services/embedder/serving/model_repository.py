@@ -8,7 +8,7 @@ One model folder is::
 
 served by Triton's ``python`` backend, which runs the ONNX model with ONNX Runtime
 on the CPU (see model.py for the tensor contract). ``write_model`` writes such a folder;
-``services.embedder.provisioning`` writes the folders of every flavour (this one,
+``services.embedder.serving.provisioning`` writes the folders of every flavour (this one,
 ``torch_python_config`` and ``onnxruntime_config``) with checksums.
 
 Every config has the same tensors (input ``crops`` UINT8 [160, 160, 3], output
@@ -23,6 +23,7 @@ from pathlib import Path
 
 PYTHON_MODEL = Path(__file__).resolve().parent / "triton_models" / "onnx_python" / "model.py"
 TORCH_PYTHON_MODEL = Path(__file__).resolve().parent / "triton_models" / "torch_python" / "model.py"
+
 
 def model_file(flavour: str, model_id: str, version: str | int, name: str) -> str:
     """Where a model's file lies in the model repository, relative to its root:

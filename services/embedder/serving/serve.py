@@ -23,15 +23,15 @@ import sys
 import threading
 from collections.abc import Callable
 
-from services.embedder.provisioning import (
+from services.embedder.serving.provisioning import (
     Manifest,
     ProvisioningError,
     prepare_models,
     repository_root,
     stale_models,
 )
+from services.embedder.serving.triton_server import TritonError, TritonServer, pytriton_root
 from services.embedder.settings import EmbedderSettings
-from services.embedder.triton_server import TritonError, TritonServer, pytriton_root
 from services.runtime.logs import configure_logging
 from services.runtime.settings import SettingsError, load_settings
 

@@ -11,13 +11,13 @@ from gateway.server import build_server as build_gateway
 from gateway.settings import GatewaySettings
 from services.detector.server import build_server as build_detector
 from services.detector.settings import DetectorSettings
-from services.embedder.provisioning import prepare_models
+from services.embedder.serving.provisioning import prepare_models
+from services.embedder.serving.triton_server import TritonServer
 from services.embedder.settings import EmbedderSettings
-from services.embedder.triton_server import TritonServer
 from services.runtime.background import BackgroundServer
+from services.runtime.ports import free_ports
 from services.search.server import build_server as build_search
 from services.search.settings import SearchSettings
-from tests.conftest import free_ports
 
 # Tenants and their keys (the gateway only knows the hashes).
 KEYS = {"acme": "fs_test_acme_key", "globex": "fs_test_globex_key", "cli": "fs_test_cli_key"}
@@ -37,17 +37,26 @@ class LocalSuite:
         self.model_repository = embedder.model_repository
         self.triton = TritonServer(self.model_repository / "onnx-python", root / "triton").start()
         self.embedder = EmbedderSettings(
-            model_repository=embedder.model_repository, triton_url=self.triton.grpc_url, retries=2,
-            retry_backoff_s=0.1, request_timeout_s=20,
+            model_repository=embedder.model_repository,
+            triton_url=self.triton.grpc_url,
+            retries=2,
+            retry_backoff_s=0.1,
+            request_timeout_s=20,
         )
         self.detector = self.start_detector()
         self.search = self.start_search()
         lines = [key_line(tenant, key) for tenant, key in KEYS.items()]
         lines.append(key_line(READ_ONLY_KEY[0], READ_ONLY_KEY[1], "read"))
         self.gateway_settings = GatewaySettings(
-            host="127.0.0.1", port=self.gateway_port, log_format="text",
-            detector_address=f"127.0.0.1:{self.detector_port}", search_address=f"127.0.0.1:{self.search_port}",
-            downstream_retries=2, retry_backoff_s=0.1, metrics_port=0, **gateway_overrides,
+            host="127.0.0.1",
+            port=self.gateway_port,
+            log_format="text",
+            detector_address=f"127.0.0.1:{self.detector_port}",
+            search_address=f"127.0.0.1:{self.search_port}",
+            downstream_retries=2,
+            retry_backoff_s=0.1,
+            metrics_port=0,
+            **gateway_overrides,
         )
         self.gateway = BackgroundServer(
             build_gateway(self.gateway_settings, self.embedder, ApiKeys.parse(lines, "test keys"))
@@ -65,7 +74,10 @@ class LocalSuite:
         """Triton again, on the ports it had."""
         old = self.triton
         self.triton = TritonServer(
-            old.model_repository, old.work_dir, grpc_port=old.grpc_port, http_port=old.http_port,
+            old.model_repository,
+            old.work_dir,
+            grpc_port=old.grpc_port,
+            http_port=old.http_port,
             metrics_port=old.metrics_port,
         ).start()
         return self.triton
@@ -76,9 +88,7 @@ class LocalSuite:
         return self.detector
 
     def start_search(self) -> BackgroundServer:
-        settings = SearchSettings(
-            host="127.0.0.1", port=self.search_port, log_format="text", path=self.root / "search"
-        )
+        settings = SearchSettings(host="127.0.0.1", port=self.search_port, log_format="text", path=self.root / "search")
         self.search = BackgroundServer(build_search(settings))
         return self.search
 

@@ -2,7 +2,7 @@
 precision by default (the ``torch-cuda-python`` flavour).
 
 It is meant for GPU machines that have torch but neither ONNX Runtime GPU nor TensorRT.
-This file is not imported by facesearch itself: ``services.embedder.provisioning`` copies
+This file is not imported by facesearch itself: ``services.embedder.serving.provisioning`` copies
 it into the model repository as ``<repo>/torch-cuda-python/<model>/<version>/model.py``,
 beside ``model.pt`` (``weights.onnx_export.export_torchscript``: ServedFaceNet traced on
 the CPU in float32), and Triton's python-backend stub process runs it.

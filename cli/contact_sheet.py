@@ -10,8 +10,9 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
-from facesearch.v1 import common_pb2, facesearch_pb2
 from PIL import Image, ImageDraw, ImageOps
+
+from facesearch.v1 import common_pb2, facesearch_pb2
 
 THUMBNAIL_SIDE = 320
 BOX_COLOUR = (255, 196, 0)

@@ -1,6 +1,6 @@
 """Triton python-backend model: an ONNX embedding model run with ONNX Runtime on the CPU.
 
-This file is not imported by facesearch itself. ``services.embedder.model_repository``
+This file is not imported by facesearch itself. ``services.embedder.serving.model_repository``
 copies it into a Triton model repository as ``<repo>/<model>/<version>/model.py``,
 beside the ``model.onnx`` it serves, and Triton's python-backend stub process runs it.
 
@@ -24,8 +24,9 @@ Tensors cross between Triton and numpy through DLPack only (``np.from_dlpack`` a
 ``pb_utils.Tensor.from_dlpack``), never ``Tensor.as_numpy()`` or ``pb_utils.Tensor(name,
 array)``: the python-backend stub bundled with Triton 2.51 (nvidia-pytriton 0.7.0) was
 built against numpy 1.x, and its own numpy conversions are wrong under numpy 2 (most
-likely its pybind11 reads numpy 1's dtype struct layout). Measured with numpy 2.4: ``as_numpy()`` silently returned wrong values (a uint8 input [1..6]
-came back as all ones), and ``Tensor(name, array)`` sent an empty output. DLPack goes
+likely its pybind11 reads numpy 1's dtype struct layout). Measured with numpy 2.4:
+``as_numpy()`` silently returned wrong values (a uint8 input [1..6] came back as all ones),
+and ``Tensor(name, array)`` sent an empty output. DLPack goes
 through numpy's stable protocol and works with numpy 1.22+ and 2.x alike.
 
 One wrinkle of that stub: having taken over an output's DLPack capsule, it renames the
@@ -103,9 +104,7 @@ class TritonPythonModel:
                     raise RuntimeError(f"model returned {rows.shape[0]} rows for {batch.shape[0]} crops")
                 ends = np.cumsum([crops.shape[0] for crops in batches])
                 for index, part in zip(owners, np.split(rows, ends[:-1])):
-                    responses[index] = pb_utils.InferenceResponse(
-                        output_tensors=[_output_tensor(OUTPUT_NAME, part)]
-                    )
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=[_output_tensor(OUTPUT_NAME, part)])
             except Exception as error:  # noqa: BLE001 - the whole batch failed
                 for index in owners:
                     responses[index] = _error(f"onnxruntime failed: {error}")

@@ -60,7 +60,9 @@ def retrieval(found: Iterable[str], relevant: Iterable[str]) -> Retrieval:
     return Retrieval(precision, recall, f1)
 
 
-def top_k_accuracy(ranked: Sequence[Sequence[str]], truth: Sequence[str], ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
+def top_k_accuracy(
+    ranked: Sequence[Sequence[str]], truth: Sequence[str], ks: Iterable[int] = (1, 5, 10)
+) -> dict[int, float]:
     """Share of probes whose true identity is among the first k candidates."""
     if len(ranked) != len(truth) or not truth:
         raise ValueError("one ranked list per probe, and at least one probe")

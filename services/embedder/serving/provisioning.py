@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.embedder import model_repository
-from services.embedder.weights import sources
-from services.embedder.weights.sources import WeightsFile, WeightsSourceError, file_sha256
+from services.embedder.serving import model_repository
+from services.embedder.serving.weights import sources
+from services.embedder.serving.weights.sources import WeightsFile, WeightsSourceError, file_sha256
 
 if TYPE_CHECKING:
     from torch import nn
@@ -160,9 +160,7 @@ def manifest_text(manifest: Manifest) -> str:
     return json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
 
 
-def prepare_models(
-    settings: EmbedderSettings, force: bool = False, flavours: Iterable[str] | None = None
-) -> Manifest:
+def prepare_models(settings: EmbedderSettings, force: bool = False, flavours: Iterable[str] | None = None) -> Manifest:
     """Writes (or verifies) the model repository of each flavour (default: all of them) and
     returns the manifest. Raises ProvisioningError when the weights are missing, cannot be
     downloaded or converted, or the repository cannot be written."""
@@ -254,8 +252,12 @@ class _Preparation:
             config = model_repository.model_config(s.model_id, **options)
             files = [("model.py", model_repository.PYTHON_MODEL.read_bytes()), ("model.onnx", "onnx")]
         elif flavour == "torch-cuda-python":
-            options = {**batching, "device": s.torch_device, "precision": s.precision,
-                       "intra_op_threads": s.intra_op_threads}
+            options = {
+                **batching,
+                "device": s.torch_device,
+                "precision": s.precision,
+                "intra_op_threads": s.intra_op_threads,
+            }
             config = model_repository.torch_python_config(s.model_id, **options)
             files = [("model.py", model_repository.TORCH_PYTHON_MODEL.read_bytes()), ("model.pt", "torchscript")]
         elif flavour == "onnxruntime-onnx":
@@ -392,13 +394,13 @@ class _Preparation:
         for entry in self.old.flavours.values():
             for relpath, record in entry.files.items():
                 path = self.repository / relpath
-                if record.made_from == made_from and path != target and path.is_file():
-                    if file_sha256(path) == record.sha256:
-                        return path
+                same = record.made_from == made_from and path != target and path.is_file()
+                if same and file_sha256(path) == record.sha256:
+                    return path
         return None
 
     def _export(self, artifact: str | None, path: Path) -> None:
-        from services.embedder.weights.onnx_export import ServedFaceNet, export_onnx, export_torchscript
+        from services.embedder.serving.weights.onnx_export import ServedFaceNet, export_onnx, export_torchscript
 
         served = ServedFaceNet(self.network())
         if artifact == "onnx":

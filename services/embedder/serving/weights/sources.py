@@ -112,7 +112,7 @@ def download_vggface2() -> Path:
     target = vggface2_cache_path()
     try:
         InceptionResnetV1(pretrained="vggface2", classify=False)
-    except Exception as error:  # noqa: BLE001 - URLError, HTTPError, OSError, a damaged download...
+    except Exception as error:
         raise WeightsSourceError(
             f"could not download the vggface2 weights from {VGGFACE2_URL} ({type(error).__name__}: {error}). "
             f"Without internet access, fetch that file elsewhere and set {WEIGHTS_PATH_VARIABLE} to it, "
@@ -133,8 +133,8 @@ def load_network(weights: WeightsFile) -> nn.Module:
 
 
 def _load_casia(path: Path) -> nn.Module:
-    from services.embedder.weights.facenet_casia import GRAPH_SHA256, load_casia_facenet
-    from services.embedder.weights.graphdef import WeightsError
+    from services.embedder.serving.weights.facenet_casia import GRAPH_SHA256, load_casia_facenet
+    from services.embedder.serving.weights.graphdef import WeightsError
 
     try:
         return load_casia_facenet(path)

@@ -36,7 +36,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
-from services.embedder.base import (
+from services.embedder.client.base import (
     Embedder,
     EmbedderError,
     EmbedderUnavailable,
@@ -131,8 +131,7 @@ class TritonEmbedder(Embedder):
                 status = error.status()
                 if status == DEADLINE_EXCEEDED:
                     raise EmbedderUnavailable(
-                        f"{self.describe()} did not answer within the deadline "
-                        f"({timeout:.3g} s): {error.message()}",
+                        f"{self.describe()} did not answer within the deadline ({timeout:.3g} s): {error.message()}",
                         deadline=True,
                     ) from None
                 if status == NOT_FOUND:
@@ -179,8 +178,7 @@ class TritonEmbedder(Embedder):
         response = result.get_response()
         if response.model_name != self.model_id or response.model_version != self.model_version:
             raise EmbedderError(
-                f"{self.describe()} answered from model {response.model_name!r} "
-                f"version {response.model_version!r}"
+                f"{self.describe()} answered from model {response.model_name!r} version {response.model_version!r}"
             )
         vectors = result.as_numpy(OUTPUT_NAME)
         if vectors is None:
@@ -195,9 +193,7 @@ class TritonEmbedder(Embedder):
         try:
             return bool(
                 await client.is_server_live(client_timeout=self.ready_timeout_s)
-                and await client.is_model_ready(
-                    self.model_id, self.model_version, client_timeout=self.ready_timeout_s
-                )
+                and await client.is_model_ready(self.model_id, self.model_version, client_timeout=self.ready_timeout_s)
             )
         except InferenceServerException:
             return False

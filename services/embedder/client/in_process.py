@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from services.embedder.base import (
+from services.embedder.client.base import (
     CROP_SHAPE,
     EMBEDDING_SIZE,
     Embedder,
@@ -31,7 +31,7 @@ from services.embedder.base import (
     gather_all,
     remaining_s,
 )
-from services.embedder.model_repository import model_file
+from services.embedder.serving.model_repository import model_file
 from services.embedder.settings import EmbedderSettings
 
 FLAVOUR = "onnx-python"  # the model repository folder holding the ONNX models
@@ -64,14 +64,13 @@ class InProcessEmbedder(Embedder):
         options.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as error:
             raise EmbedderError(f"ONNX Runtime cannot load {self.onnx_path}: {error}") from error
         [self._input, *_] = self._session.get_inputs()
         [self._output, *_] = self._session.get_outputs()
         if self._input.type != "tensor(uint8)" or list(self._input.shape[1:]) != list(CROP_SHAPE):
             raise EmbedderError(
-                f"{self.onnx_path} takes {self._input.type} {self._input.shape}, "
-                "not uint8 crops [N, 160, 160, 3]"
+                f"{self.onnx_path} takes {self._input.type} {self._input.shape}, not uint8 crops [N, 160, 160, 3]"
             )
         if self._output.type != "tensor(float)" or self._output.shape[1:] != [EMBEDDING_SIZE]:
             raise EmbedderError(
@@ -85,7 +84,7 @@ class InProcessEmbedder(Embedder):
     def _run(self, crops: np.ndarray) -> np.ndarray:
         try:
             return self._session.run([self._output.name], {self._input.name: crops})[0]
-        except Exception as error:  # noqa: BLE001 - reported as the model's failure
+        except Exception as error:
             raise EmbedderError(f"{self.describe()} failed: {error}") from error
 
     async def _embed(self, crops: np.ndarray, deadline: float | None) -> np.ndarray:

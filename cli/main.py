@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
-from gateway.commands import add_commands
-from services.embedder.provisioning import FLAVOURS
+from cli.gateway_commands import add_commands
+from services.embedder.serving.provisioning import FLAVOURS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     detector = commands.add_parser("detector", help="the detector service")
     detector_commands = detector.add_subparsers(dest="detector_command", required=True, metavar="ACTION")
-    detector_commands.add_parser("serve", help="run the detector in this process").set_defaults(
-        handler=_detector_serve
-    )
+    detector_commands.add_parser("serve", help="run the detector in this process").set_defaults(handler=_detector_serve)
 
     embedder = commands.add_parser("embedder", help="the embedder service (FaceNet on Triton)")
     embedder_commands = embedder.add_subparsers(dest="embedder_command", required=True, metavar="ACTION")
@@ -48,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     prepare.add_argument("--force", action="store_true", help="rewrite every file, even those up to date")
     prepare.add_argument(
-        "--flavour", action="append", choices=FLAVOURS, metavar="FLAVOUR",
+        "--flavour",
+        action="append",
+        choices=FLAVOURS,
+        metavar="FLAVOUR",
         help=f"only this flavour (repeatable; default: all of {', '.join(FLAVOURS)})",
     )
     prepare.set_defaults(handler=_models_prepare)
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     return args.handler(args)
 
 
-def _up(args: argparse.Namespace) -> int:
-    from gateway.suite import Suite, default_suite
+def _up(_args: argparse.Namespace) -> int:
+    from launcher.processes import Suite, default_suite
     from services.runtime.settings import SettingsError
 
     try:
@@ -99,7 +100,7 @@ def _up(args: argparse.Namespace) -> int:
     return status
 
 
-def _detector_serve(args: argparse.Namespace) -> int:
+def _detector_serve(_args: argparse.Namespace) -> int:
     from services.detector.server import run
     from services.detector.settings import DetectorSettings
     from services.runtime.entrypoint import run_service
@@ -109,13 +110,13 @@ def _detector_serve(args: argparse.Namespace) -> int:
 
 
 def _embedder_serve(args: argparse.Namespace) -> int:
-    from services.embedder.serve import main as serve
+    from services.embedder.serving.serve import main as serve
 
     return serve(force=args.force)
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
-    from services.embedder.provisioning import ProvisioningError, describe, prepare_models
+    from services.embedder.serving.provisioning import ProvisioningError, describe, prepare_models
     from services.embedder.settings import EmbedderSettings
     from services.runtime.logs import configure_logging
     from services.runtime.settings import SettingsError, load_settings
@@ -153,17 +154,13 @@ def _detect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     status = EXIT_OK
     options = detector_pb2.DetectOptions(omit_crops=True)
-    with grpc.insecure_channel(
-        args.address, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]
-    ) as channel:
+    with grpc.insecure_channel(args.address, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]) as channel:
         stub = detector_pb2_grpc.DetectorStub(channel)
         for start in range(0, len(args.photos), args.batch):
             paths = args.photos[start : start + args.batch]
             images = [common_pb2.Image(content=p.read_bytes(), uri=str(p)) for p in paths]
             try:
-                reply = stub.DetectBatch(
-                    detector_pb2.DetectBatchRequest(images=images, options=options), timeout=300
-                )
+                reply = stub.DetectBatch(detector_pb2.DetectBatchRequest(images=images, options=options), timeout=300)
             except grpc.RpcError as error:
                 print(f"facesearch detect: {error.code().name}: {error.details()}", file=sys.stderr)
                 return EXIT_UNAVAILABLE if error.code() == grpc.StatusCode.UNAVAILABLE else EXIT_SOME_PHOTOS_FAILED
@@ -193,8 +190,11 @@ def _print_photo(as_json: bool, path: Path, detection=None, error: str | None = 
         for f in detection.faces
     ]
     if as_json:
-        print(json.dumps({"photo": str(path), "width": detection.image_width,
-                          "height": detection.image_height, "faces": faces}))
+        print(
+            json.dumps(
+                {"photo": str(path), "width": detection.image_width, "height": detection.image_height, "faces": faces}
+            )
+        )
         return
     print(f"{path}: {len(faces)} face(s) in {detection.image_width}x{detection.image_height}")
     for face in faces:

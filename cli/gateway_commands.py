@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from facesearch.v1 import facesearch_pb2
 
+from facesearch.v1 import facesearch_pb2
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE, KeyFileError, add_key
-from gateway.client import FaceSearchClient, FaceSearchError
+from sdk.client import FaceSearchClient, FaceSearchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_DENIED = 0, 1, 2, 3, 4
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -36,7 +36,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         parser = commands.add_parser(name, help=help, description=help)
         parser.add_argument("--address", default="127.0.0.1:50050", help="gateway address")
         parser.add_argument(
-            "--api-key", default=None,
+            "--api-key",
+            default=None,
             help=f"API key (default: ${API_KEY_VARIABLE}, else {LOCAL_KEY_FILE} written by `facesearch up`)",
         )
         parser.set_defaults(handler=lambda args: _run(handler, args))
@@ -145,8 +146,17 @@ def _index(client: FaceSearchClient, args: argparse.Namespace) -> int:
             status = facesearch_pb2.PhotoStatus.Name(result.status).removeprefix("PHOTO_STATUS_").lower()
             counts[status] += 1
             if args.json:
-                print(json.dumps({"photo_id": result.photo_id, "status": status, "faces_found": result.faces_found,
-                                  "faces_stored": result.faces_stored, "message": result.message}))
+                print(
+                    json.dumps(
+                        {
+                            "photo_id": result.photo_id,
+                            "status": status,
+                            "faces_found": result.faces_found,
+                            "faces_stored": result.faces_stored,
+                            "message": result.message,
+                        }
+                    )
+                )
             elif status in ("invalid", "failed"):
                 progress.write(f"{result.photo_id}: {status}: {result.message}", file=sys.stderr)
             progress.update()
@@ -215,7 +225,7 @@ def _findme(client: FaceSearchClient, args: argparse.Namespace) -> int:
             break
     print(f"{len(matches)} photo(s)", file=sys.stderr)
     if args.html is not None:
-        from gateway.contact_sheet import write_contact_sheet
+        from cli.contact_sheet import write_contact_sheet
 
         title = f"Photos of {args.person or ', '.join(p.name for p in references)}"
         write_contact_sheet(args.html, matches, title)
@@ -223,7 +233,7 @@ def _findme(client: FaceSearchClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _people(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def _people(client: FaceSearchClient, _args: argparse.Namespace) -> int:
     for person in client.list_people():
         print(f"{person.person_id}  {person.display_name}  ({person.reference_faces} reference face(s))")
     return EXIT_OK
@@ -239,7 +249,7 @@ def _delete_photo(client: FaceSearchClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _stats(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def _stats(client: FaceSearchClient, _args: argparse.Namespace) -> int:
     stats = client.stats()
     print(f"{stats.photos} photos, {stats.faces} faces, {stats.people} people ({_settings(stats.settings)})")
     return EXIT_OK

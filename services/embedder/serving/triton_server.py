@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -45,6 +44,8 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from services.runtime.ports import free_port
+
 
 class TritonError(RuntimeError):
     """Triton could not be found, did not start, or did not become ready."""
@@ -55,7 +56,7 @@ def pytriton_root() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise TritonError("the nvidia-pytriton package (which bundles tritonserver) is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def tritonserver_binary() -> Path:
@@ -112,12 +113,6 @@ def triton_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     paths = sysconfig.get_paths()
     env["PYTHONPATH"] = _path_list(*dict.fromkeys([paths["purelib"], paths["platlib"]]), env.get("PYTHONPATH"))
     return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class TritonServer:
@@ -228,9 +223,7 @@ class TritonServer:
         return self
 
     def _wait_ready(self) -> None:
-        wait_until_ready(
-            self.grpc_url, self.startup_timeout_s, process=self.process, log_tail=self.log_tail
-        )
+        wait_until_ready(self.grpc_url, self.startup_timeout_s, process=self.process, log_tail=self.log_tail)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL to its process group after ``stop_timeout_s``."""

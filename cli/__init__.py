@@ -1,0 +1,1 @@
+"""The ``facesearch`` command: every verb, for people at a terminal."""

@@ -1,0 +1,1 @@
+"""Offline evaluation of face recognition: the measures thresholds are chosen with."""

@@ -1,0 +1,87 @@
+"""Waiting until a service is ready: one polling loop for every kind of readiness check.
+
+``wait_until_ready`` calls a check until it says yes, the time runs out, or the process
+that should become ready exits first. The checks here: grpc.health.v1 SERVING (our
+services) and Triton's server-and-model readiness.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.processes import ChildProcess
+
+
+class NotReady(TimeoutError):
+    """The service was not ready in time."""
+
+
+class ExitedEarly(RuntimeError):
+    """The process that was to serve exited before it was ready."""
+
+
+def wait_until_ready(
+    check: Callable[[], bool],
+    timeout_s: float,
+    *,
+    what: str,
+    process: ChildProcess | None = None,
+    details: Callable[[], str] | None = None,
+    interval_s: float = 0.1,
+) -> None:
+    """Calls ``check`` until it returns True. Raises ``ExitedEarly`` when ``process`` exits
+    first, ``NotReady`` after ``timeout_s``; ``details`` adds text (a log tail) to either."""
+    deadline = time.monotonic() + timeout_s
+    more = (lambda: f"\n{details()}" if details() else "") if details else (lambda: "")
+    while True:
+        if process is not None and process.process is not None and not process.running:
+            raise ExitedEarly(f"{what} exited with status {process.returncode} before it was ready{more()}")
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise NotReady(f"{what} was not ready within {timeout_s:g} s{more()}")
+        time.sleep(interval_s)
+
+
+def grpc_serving(address: str, service: str = "", timeout_s: float = 1.0) -> Callable[[], bool]:
+    """A check: grpc.health.v1 at ``address`` answers SERVING for ``service`` ("" = the server)."""
+
+    def check() -> bool:
+        with grpc.insecure_channel(address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+                )
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    return check
+
+
+def triton_ready(
+    url: str, models: Sequence[tuple[str, str]] | None = None, timeout_s: float = 2.0
+) -> Callable[[], bool]:
+    """A check: the Triton server at ``url`` (gRPC) is ready, and so is every (model, version)
+    in ``models`` (default: every model in its repository index, any version)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def check() -> bool:
+        try:
+            with grpcclient.InferenceServerClient(url) as client:
+                if not client.is_server_ready(client_timeout=timeout_s):
+                    return False
+                wanted = models
+                if wanted is None:
+                    index = client.get_model_repository_index(client_timeout=timeout_s)
+                    wanted = [(model.name, "") for model in index.models]
+                return all(client.is_model_ready(name, version, client_timeout=timeout_s) for name, version in wanted)
+        except InferenceServerException:
+            return False  # not listening yet
+
+    return check
