@@ -1,35 +1,42 @@
-"""The ``facesearch`` command: ``up`` and the services' own commands here; the commands that
-talk to the gateway are in gateway/commands.py."""
+"""The ``facesearch`` command: every verb and its options are defined here; each verb's
+work is done by a handler in the module named after what it talks to:
+
+- ``cli.local``: run services on this machine (``up``, ``detector serve``, ``embedder serve``,
+  ``models prepare``);
+- ``cli.detect``: a running detector (``detect``);
+- ``cli.archive``: the gateway (``index``, ``enroll``, ``verify``, ``identify``, ``findme``,
+  ``people``, ``delete-person``, ``delete-photo``, ``stats``);
+- ``cli.keys``: the gateway's API keys file (``keys add``).
+
+Exit statuses: ``cli.exit_status``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import grpc
-
-from cli.gateway_commands import add_commands
+from cli import archive, local
+from cli.archive import API_KEY_VARIABLE
+from cli.detect import detect as detect_photos
+from cli.keys import keys_add
+from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE
 from services.embedder.serving.provisioning import FLAVOURS
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_SOME_PHOTOS_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
 
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facesearch", description="Self-hosted face search.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # --- services on this machine -------------------------------------------------------------
     up = commands.add_parser("up", help="start the facesearch services on localhost (Ctrl-C stops)")
-    up.set_defaults(handler=_up)
+    up.set_defaults(handler=local.up)
 
     detector = commands.add_parser("detector", help="the detector service")
     detector_commands = detector.add_subparsers(dest="detector_command", required=True, metavar="ACTION")
-    detector_commands.add_parser("serve", help="run the detector in this process").set_defaults(handler=_detector_serve)
+    serve_detector = detector_commands.add_parser("serve", help="run the detector in this process")
+    serve_detector.set_defaults(handler=local.detector_serve)
 
     embedder = commands.add_parser("embedder", help="the embedder service (FaceNet on Triton)")
     embedder_commands = embedder.add_subparsers(dest="embedder_command", required=True, metavar="ACTION")
@@ -37,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve", help="prepare the models if needed, then run Triton on them until Ctrl-C"
     )
     embedder_serve.add_argument("--force", action="store_true", help="remake the model files first")
-    embedder_serve.set_defaults(handler=_embedder_serve)
+    embedder_serve.set_defaults(handler=local.embedder_serve)
 
     models = commands.add_parser("models", help="the embedder's Triton model repositories")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -52,154 +59,74 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FLAVOUR",
         help=f"only this flavour (repeatable; default: all of {', '.join(FLAVOURS)})",
     )
-    prepare.set_defaults(handler=_models_prepare)
+    prepare.set_defaults(handler=local.models_prepare)
 
     detect = commands.add_parser("detect", help="find the faces in photos with a running detector")
     detect.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
     detect.add_argument("--address", default="127.0.0.1:50051", help="detector address")
     detect.add_argument("--json", action="store_true", help="one JSON object per photo")
     detect.add_argument("--batch", type=int, default=8, help="photos per DetectBatch call")
-    detect.set_defaults(handler=_detect)
+    detect.set_defaults(handler=detect_photos)
 
-    add_commands(commands)
+    # --- calls to the gateway -----------------------------------------------------------------
+    def command(name: str, help: str, handler) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help, description=help)
+        parser.add_argument("--address", default="127.0.0.1:50050", help="gateway address")
+        parser.add_argument(
+            "--api-key",
+            default=None,
+            help=f"API key (default: ${API_KEY_VARIABLE}, else {LOCAL_KEY_FILE} written by `facesearch up`)",
+        )
+        parser.set_defaults(handler=archive.with_client(handler))
+        return parser
 
-    args = parser.parse_args(argv)
+    index = command("index", "detect, embed and store every face of photos (folders are walked)", archive.index)
+    index.add_argument("paths", nargs="+", type=Path, metavar="DIR_OR_PHOTO")
+    index.add_argument("--json", action="store_true", help="one JSON object per photo")
+
+    enroll = command("enroll", "add reference photos of a person", archive.enroll)
+    enroll.add_argument("name", help="the person's display name")
+    enroll.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    enroll.add_argument("--person-id", default="", help="add to this person (default: a new person)")
+
+    verify = command("verify", "same person in both photos? exit status 0 when yes, 1 when not", archive.verify)
+    verify.add_argument("a", type=Path)
+    verify.add_argument("b", type=Path)
+    verify.add_argument("--threshold", type=float, default=None, help="cosine similarity to accept")
+
+    identify = command("identify", "name the enrolled people in a photo", archive.identify)
+    identify.add_argument("photo", type=Path)
+    identify.add_argument("--top-k", type=int, default=3)
+    identify.add_argument("--threshold", type=float, default=None)
+
+    findme = command("findme", "every indexed photo of a person, best match first", archive.findme)
+    findme.add_argument("--me", nargs="+", type=Path, default=[], metavar="PHOTO", help="photos of the person")
+    findme.add_argument("--person", default="", help="an enrolled person: id or display name")
+    findme.add_argument("--threshold", type=float, default=None)
+    findme.add_argument("--limit", type=int, default=0, help="at most this many photos (default: all)")
+    findme.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a contact sheet")
+
+    command("people", "list the enrolled people", archive.people)
+    delete_person = command("delete-person", "delete a person and their reference faces", archive.delete_person)
+    delete_person.add_argument("person_id")
+    delete_photo = command("delete-photo", "delete an indexed photo and its faces", archive.delete_photo)
+    delete_photo.add_argument("photo_id")
+    command("stats", "what the tenant has stored", archive.stats)
+
+    # --- API keys ------------------------------------------------------------------------------
+    keys = commands.add_parser("keys", help="API keys of the gateway")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    add = keys_commands.add_parser("add", help="make a key for a tenant; prints it once")
+    add.add_argument("tenant")
+    add.add_argument("--read-only", action="store_true", help="may only search, not index, enrol or delete")
+    add.add_argument("--file", type=Path, default=LOCAL_KEYS_FILE, help=f"keys file (default {LOCAL_KEYS_FILE})")
+    add.set_defaults(handler=keys_add)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.handler(args)
-
-
-def _up(_args: argparse.Namespace) -> int:
-    from launcher.processes import Suite, default_suite
-    from services.runtime.settings import SettingsError
-
-    try:
-        suite = Suite(default_suite())
-    except SettingsError as error:
-        print(f"facesearch up: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    print(
-        "starting facesearch services... (the embedder's first start converts the FaceNet weights: ~30 s)",
-        file=sys.stderr,
-    )
-    try:
-        suite.start()
-    except RuntimeError as error:
-        print(f"facesearch up: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    for service in suite.services:
-        print(
-            f"  {service.name:<10} grpc {service.address}   metrics http://127.0.0.1:{service.metrics_port}/metrics"
-            f"{service.extra}",
-            file=sys.stderr,
-        )
-    print("ready; press Ctrl-C to stop", file=sys.stderr)
-    try:
-        status = suite.wait()
-    finally:
-        suite.stop()
-    print("stopped", file=sys.stderr)
-    return status
-
-
-def _detector_serve(_args: argparse.Namespace) -> int:
-    from services.detector.server import run
-    from services.detector.settings import DetectorSettings
-    from services.runtime.entrypoint import run_service
-
-    run_service(DetectorSettings, run)
-    return EXIT_OK
-
-
-def _embedder_serve(args: argparse.Namespace) -> int:
-    from services.embedder.serving.serve import main as serve
-
-    return serve(force=args.force)
-
-
-def _models_prepare(args: argparse.Namespace) -> int:
-    from services.embedder.serving.provisioning import ProvisioningError, describe, prepare_models
-    from services.embedder.settings import EmbedderSettings
-    from services.runtime.logs import configure_logging
-    from services.runtime.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings(EmbedderSettings)
-    except SettingsError as error:
-        print(f"facesearch models prepare: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging("embedder", settings.log_level, "text")  # progress on stderr
-    try:
-        manifest = prepare_models(settings, force=args.force, flavours=args.flavour)
-    except ProvisioningError as error:
-        print(f"facesearch models prepare: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    if manifest.up_to_date:
-        print(f"all models up to date in {manifest.repository} ({len(manifest.verified)} files verified)")
-    else:
-        for path in manifest.written:
-            print(f"wrote {path}")
-        for path in manifest.removed:
-            print(f"removed {path}")
-        print(f"updated {manifest.path}")
-    for line in describe(manifest, args.flavour or FLAVOURS):
-        print(f"  {line}")
-    return EXIT_OK
-
-
-def _detect(args: argparse.Namespace) -> int:
-    from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
-
-    missing = [str(p) for p in args.photos if not p.is_file()]
-    if missing:
-        print(f"facesearch detect: no such file: {', '.join(missing)}", file=sys.stderr)
-        return EXIT_USAGE
-    status = EXIT_OK
-    options = detector_pb2.DetectOptions(omit_crops=True)
-    with grpc.insecure_channel(args.address, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)]) as channel:
-        stub = detector_pb2_grpc.DetectorStub(channel)
-        for start in range(0, len(args.photos), args.batch):
-            paths = args.photos[start : start + args.batch]
-            images = [common_pb2.Image(content=p.read_bytes(), uri=str(p)) for p in paths]
-            try:
-                reply = stub.DetectBatch(detector_pb2.DetectBatchRequest(images=images, options=options), timeout=300)
-            except grpc.RpcError as error:
-                print(f"facesearch detect: {error.code().name}: {error.details()}", file=sys.stderr)
-                return EXIT_UNAVAILABLE if error.code() == grpc.StatusCode.UNAVAILABLE else EXIT_SOME_PHOTOS_FAILED
-            for path, item in zip(paths, reply.items):
-                if item.HasField("error"):
-                    status = EXIT_SOME_PHOTOS_FAILED
-                    _print_photo(args.json, path, error=item.error.message)
-                else:
-                    _print_photo(args.json, path, detection=item.detection)
-    return status
-
-
-def _print_photo(as_json: bool, path: Path, detection=None, error: str | None = None) -> None:
-    if error is not None:
-        if as_json:
-            print(json.dumps({"photo": str(path), "error": error}))
-        else:
-            print(f"{path}: error: {error}")
-        return
-    faces = [
-        {
-            "box": [round(v, 1) for v in (f.box.x_min, f.box.y_min, f.box.x_max, f.box.y_max)],
-            "confidence": round(f.confidence, 4),
-            "blur_variance": round(f.quality.blur_variance, 1),
-            "blurred": f.quality.blurred,
-        }
-        for f in detection.faces
-    ]
-    if as_json:
-        print(
-            json.dumps(
-                {"photo": str(path), "width": detection.image_width, "height": detection.image_height, "faces": faces}
-            )
-        )
-        return
-    print(f"{path}: {len(faces)} face(s) in {detection.image_width}x{detection.image_height}")
-    for face in faces:
-        blurred = " (blurred)" if face["blurred"] else ""
-        print(f"  box {face['box']} confidence {face['confidence']}{blurred}")
 
 
 if __name__ == "__main__":

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE, LOCAL_TENANT, add_key
 from gateway.settings import GatewaySettings
 from services.detector.settings import DetectorSettings
 from services.embedder.settings import EmbedderSettings
+from services.runtime.processes import ChildProcess
+from services.runtime.readiness import ExitedEarly, NotReady, grpc_serving, triton_ready, wait_until_ready
 from services.runtime.settings import load_settings
 from services.search.settings import SearchSettings
 
@@ -36,11 +34,11 @@ class ServiceProcess:
     port: int
     metrics_port: int
     env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-    # Waits until the started service answers: (service, timeout_s); default grpc.health.v1.
-    wait_ready: Callable[[ServiceProcess, float], None] | None = None
+    # Whether the started service answers; default: grpc.health.v1 says SERVING.
+    ready: Callable[[], bool] | None = None
     startup_timeout_s: float | None = None  # default: the suite's
     extra: str = ""  # more to print beside its addresses
+    child: ChildProcess | None = None
 
     @property
     def address(self) -> str:
@@ -80,7 +78,7 @@ def default_suite() -> list[ServiceProcess]:
             port=embedder.port,
             metrics_port=embedder.metrics_port or DEFAULT_METRICS_PORTS["embedder"],
             env={"FACESEARCH_EMBEDDER_HTTP_PORT": str(embedder.http_port)},
-            wait_ready=triton_ready(embedder.model_id, embedder.model_version),
+            ready=triton_ready(f"127.0.0.1:{embedder.port}", [(embedder.model_id, embedder.model_version)]),
             startup_timeout_s=max(EMBEDDER_STARTUP_TIMEOUT_S, embedder.startup_timeout_s),
             extra=f"  http http://127.0.0.1:{embedder.http_port}  (Triton, model {embedder.model_id}, "
             f"{embedder.flavour})",
@@ -117,50 +115,6 @@ def ensure_local_key() -> tuple[Path, Path]:
     return keys_file, key_file
 
 
-def triton_ready(model: str, version: str) -> Callable[[ServiceProcess, float], None]:
-    """Readiness of a Triton server: the server and ``model`` (that version) are ready."""
-
-    def wait(service: ServiceProcess, timeout_s: float) -> None:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-
-        deadline = time.monotonic() + timeout_s
-        with grpcclient.InferenceServerClient(service.address) as client:
-            while time.monotonic() < deadline:
-                if service.process is not None and service.process.poll() is not None:
-                    raise RuntimeError(f"exited with status {service.process.returncode} before serving")
-                try:
-                    if client.is_server_ready(client_timeout=1) and client.is_model_ready(
-                        model, version, client_timeout=1
-                    ):
-                        return
-                except InferenceServerException:
-                    pass  # not listening yet
-                time.sleep(0.2)
-        raise TimeoutError(f"{service.address} not ready (Triton, model {model}) after {timeout_s:.0f} s")
-
-    return wait
-
-
-def wait_until_serving(address: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    """Polls grpc.health.v1 until the server says SERVING; raises TimeoutError or
-    RuntimeError (the process exited) otherwise."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"exited with status {process.returncode} before serving")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{address} not serving after {timeout_s:.0f} s")
-
-
 class Suite:
     def __init__(self, services: list[ServiceProcess], startup_timeout_s: float = 120.0) -> None:
         self.services = services
@@ -176,29 +130,31 @@ class Suite:
                 **service.env,
             }
             env.setdefault(f"{prefix}LOG_FORMAT", "text")
-            service.process = subprocess.Popen([sys.executable, "-m", service.module], env=env)
+            service.child = ChildProcess(service.name, [sys.executable, "-m", service.module], env=env).start()
         for service in self.services:
-            timeout_s = service.startup_timeout_s or self.startup_timeout_s
             try:
-                if service.wait_ready is not None:
-                    service.wait_ready(service, timeout_s)
-                else:
-                    wait_until_serving(service.address, timeout_s, service.process)
-            except (TimeoutError, RuntimeError) as error:
+                wait_until_ready(
+                    service.ready or grpc_serving(service.address),
+                    service.startup_timeout_s or self.startup_timeout_s,
+                    what=f"{service.name} on {service.address}",
+                    process=service.child,
+                    interval_s=0.2,
+                )
+            except (NotReady, ExitedEarly) as error:
                 self.stop()
-                raise RuntimeError(f"{service.name}: {error}") from None
+                raise RuntimeError(str(error)) from None
 
     def stop(self, grace_s: float = 15.0) -> None:
-        running = [s.process for s in self.services if s.process and s.process.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
+        """SIGTERM to every service (the gateway first), then SIGKILL to those still running
+        after ``grace_s``."""
+        running = [s.child for s in reversed(self.services) if s.child is not None and s.child.running]
+        for child in running:
+            child.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for process in running:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        for child in running:
+            if child.wait(max(0.1, deadline - time.monotonic())) is None:
+                child.stop_timeout_s = 0.1
+                child.stop()
 
     def wait(self) -> int:
         """Blocks until a service exits or SIGTERM/SIGINT arrives; returns an exit status."""
@@ -212,8 +168,8 @@ class Suite:
         signal.signal(signal.SIGINT, request_stop)
         while not stopping:
             for service in self.services:
-                if service.process and service.process.poll() is not None:
-                    print(f"{service.name} exited with status {service.process.returncode}", file=sys.stderr)
+                if service.child is not None and not service.child.running:
+                    print(f"{service.name} exited with status {service.child.returncode}", file=sys.stderr)
                     return 1
             time.sleep(0.5)
         return 0

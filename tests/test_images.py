@@ -6,7 +6,6 @@ import io
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,8 +19,8 @@ from services.detector.images import (
     ImageLimits,
     decode_image,
 )
+from tests.conftest import DATA
 
-DATA = Path("/work/shared/data")
 PHOTO = DATA / "photoprism" / "2.jpg"  # 640 x 480 RGB JPEG, no orientation tag
 LARGE_PHOTO = DATA / "compreface" / "002_A.jpg"  # 3880 x 5184 RGB JPEG
 

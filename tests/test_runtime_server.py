@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.runtime.ports import free_ports
+from services.runtime.readiness import grpc_serving, wait_until_ready
 from tests.conftest import REPO, photo_bytes, start_detector
 
 DETECTOR = "facesearch.v1.Detector"
@@ -129,9 +130,8 @@ def test_sigterm_drains_and_exits_cleanly_with_structured_logs():
         [sys.executable, "-m", "services.detector"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        from launcher.processes import wait_until_serving
-
-        wait_until_serving(f"127.0.0.1:{port}", 120, process)
+        address = f"127.0.0.1:{port}"
+        wait_until_ready(grpc_serving(address), 120, what="the detector", process=process)
         big = photo_bytes("compreface", "001_A.jpg")
         with grpc.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]

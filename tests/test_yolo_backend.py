@@ -8,6 +8,7 @@ real loading, prediction and mapping code; it cannot show detection quality.
 
 from __future__ import annotations
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -79,13 +80,25 @@ def test_yolo_backend_needs_an_existing_weights_file(tmp_path):
         YoloFaceBackend(None)
 
 
-def test_yolo_backend_maps_keypoints_in_input_pixels(face_weights):
+def test_yolo_backend_maps_boxes_and_keypoints_as_ultralytics_reports_them(face_weights):
+    """Boxes and keypoints come out in input pixels, x before y, as ultralytics reports them
+    for the same image: checked against its own prediction of a photo that is not square,
+    so that swapped axes would not match."""
+    from ultralytics import YOLO
+
     backend = YoloFaceBackend(face_weights)
     backend.load()
-    image = np.zeros((480, 640, 3), np.uint8)
-    [faces] = backend.detect([image], min_face_size=1, min_confidence=0.001)
+    photo = cv2.imdecode(np.frombuffer(photo_bytes("photoprism", "17.jpg"), np.uint8), cv2.IMREAD_COLOR)
+    rgb = np.ascontiguousarray(photo[:400, :, ::-1])  # 400 x 640, RGB as the detector decodes
+    [faces] = backend.detect([rgb], min_face_size=1, min_confidence=0.001)
+    [reference] = YOLO(str(face_weights), task="pose").predict(
+        np.ascontiguousarray(rgb[:, :, ::-1]), conf=0.001, imgsz=backend.image_size, device="cpu", verbose=False
+    )
+    expected_boxes = reference.boxes.xyxy.cpu().numpy()
+    expected_points = reference.keypoints.xy.cpu().numpy()
     assert faces, "a random model scores some boxes above 0.001"
-    for face in faces:
-        assert face.landmarks.shape == (5, 2)
-        assert face.box.shape == (4,)
-        assert -1 <= face.box[0] <= face.box[2] <= 641
+    assert len(faces) == len(expected_boxes)
+    for face, box, points in zip(faces, expected_boxes, expected_points, strict=True):
+        np.testing.assert_allclose(face.box, box, atol=1e-3)
+        np.testing.assert_allclose(face.landmarks, points.reshape(5, 2), atol=1e-3)
+        assert (face.landmarks[:, 0] <= 640 + 1).all() and (face.landmarks[:, 1] <= 400 + 1).all()

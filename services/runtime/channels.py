@@ -77,6 +77,9 @@ def channel_options(
         options += [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # gRPC keeps a request for its retries only up to this size (256 KiB by
+            # default) and never retries a larger one, such as a batch of photos.
+            ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
         ]
     return options
 

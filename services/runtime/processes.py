@@ -63,6 +63,10 @@ class ChildProcess:
 
     @property
     def returncode(self) -> int | None:
+        return self.poll()
+
+    def poll(self) -> int | None:
+        """Its exit status once it has exited; None while it runs or before it starts."""
         return None if self.process is None else self.process.poll()
 
     @property

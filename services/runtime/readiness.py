@@ -7,6 +7,7 @@ services) and Triton's server-and-model readiness.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -29,7 +30,7 @@ def wait_until_ready(
     timeout_s: float,
     *,
     what: str,
-    process: ChildProcess | None = None,
+    process: ChildProcess | subprocess.Popen | None = None,
     details: Callable[[], str] | None = None,
     interval_s: float = 0.1,
 ) -> None:
@@ -38,8 +39,9 @@ def wait_until_ready(
     deadline = time.monotonic() + timeout_s
     more = (lambda: f"\n{details()}" if details() else "") if details else (lambda: "")
     while True:
-        if process is not None and process.process is not None and not process.running:
-            raise ExitedEarly(f"{what} exited with status {process.returncode} before it was ready{more()}")
+        code = None if process is None else process.poll()
+        if code is not None:
+            raise ExitedEarly(f"{what} exited with status {code} before it was ready{more()}")
         if check():
             return
         if time.monotonic() > deadline:

@@ -1,10 +1,6 @@
-"""The ``facesearch`` commands that talk to the gateway: index, enroll, verify, identify,
-findme, people, delete-person, delete-photo, stats, and ``keys add``.
-
-Exit status: 0 success; 1 some photos failed (or, for ``verify``, not the same person);
-2 usage (no API key, a missing file, an unknown person name); 3 the gateway or a service
-behind it is unavailable or too slow; 4 the API key was refused.
-"""
+"""The verbs that call the gateway: index, enroll, verify, identify, findme, people,
+delete-person, delete-photo and stats. Each handler takes a ``FaceSearchClient`` and the
+parsed arguments and returns the exit status (see ``cli.exit_status``)."""
 
 from __future__ import annotations
 
@@ -18,71 +14,18 @@ from pathlib import Path
 
 import grpc
 
+from cli.exit_status import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from facesearch.v1 import facesearch_pb2
-from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE, KeyFileError, add_key
+from gateway.auth import LOCAL_KEY_FILE
 from sdk.client import FaceSearchClient, FaceSearchError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_DENIED = 0, 1, 2, 3, 4
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 API_KEY_VARIABLE = "FACESEARCH_API_KEY"
+GATEWAY_TIMEOUT_S = 300
 
 
 class UsageError(Exception):
     pass
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    def command(name: str, help: str, handler) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help, description=help)
-        parser.add_argument("--address", default="127.0.0.1:50050", help="gateway address")
-        parser.add_argument(
-            "--api-key",
-            default=None,
-            help=f"API key (default: ${API_KEY_VARIABLE}, else {LOCAL_KEY_FILE} written by `facesearch up`)",
-        )
-        parser.set_defaults(handler=lambda args: _run(handler, args))
-        return parser
-
-    index = command("index", "detect, embed and store every face of photos (folders are walked)", _index)
-    index.add_argument("paths", nargs="+", type=Path, metavar="DIR_OR_PHOTO")
-    index.add_argument("--json", action="store_true", help="one JSON object per photo")
-
-    enroll = command("enroll", "add reference photos of a person", _enroll)
-    enroll.add_argument("name", help="the person's display name")
-    enroll.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
-    enroll.add_argument("--person-id", default="", help="add to this person (default: a new person)")
-
-    verify = command("verify", "same person in both photos? exit status 0 when yes, 1 when not", _verify)
-    verify.add_argument("a", type=Path)
-    verify.add_argument("b", type=Path)
-    verify.add_argument("--threshold", type=float, default=None, help="cosine similarity to accept")
-
-    identify = command("identify", "name the enrolled people in a photo", _identify)
-    identify.add_argument("photo", type=Path)
-    identify.add_argument("--top-k", type=int, default=3)
-    identify.add_argument("--threshold", type=float, default=None)
-
-    findme = command("findme", "every indexed photo of a person, best match first", _findme)
-    findme.add_argument("--me", nargs="+", type=Path, default=[], metavar="PHOTO", help="photos of the person")
-    findme.add_argument("--person", default="", help="an enrolled person: id or display name")
-    findme.add_argument("--threshold", type=float, default=None)
-    findme.add_argument("--limit", type=int, default=0, help="at most this many photos (default: all)")
-    findme.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a contact sheet")
-
-    command("people", "list the enrolled people", _people)
-    delete_person = command("delete-person", "delete a person and their reference faces", _delete_person)
-    delete_person.add_argument("person_id")
-    delete_photo = command("delete-photo", "delete an indexed photo and its faces", _delete_photo)
-    delete_photo.add_argument("photo_id")
-    command("stats", "what the tenant has stored", _stats)
-
-    keys = commands.add_parser("keys", help="API keys of the gateway")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    add = keys_commands.add_parser("add", help="make a key for a tenant; prints it once")
-    add.add_argument("tenant")
-    add.add_argument("--read-only", action="store_true", help="may only search, not index, enrol or delete")
-    add.add_argument("--file", type=Path, default=LOCAL_KEYS_FILE, help=f"keys file (default {LOCAL_KEYS_FILE})")
-    add.set_defaults(handler=_keys_add)
 
 
 def _api_key(args: argparse.Namespace) -> str:
@@ -94,10 +37,15 @@ def _api_key(args: argparse.Namespace) -> str:
     return key
 
 
+def with_client(handler):
+    """The verb's handler run with a client of the gateway the options name; errors become exit statuses."""
+    return lambda args: _run(handler, args)
+
+
 def _run(handler, args: argparse.Namespace) -> int:
     name = f"facesearch {args.command}"
     try:
-        with FaceSearchClient(args.address, _api_key(args), timeout_s=300) as client:
+        with FaceSearchClient(args.address, _api_key(args), timeout_s=GATEWAY_TIMEOUT_S) as client:
             return handler(client, args)
     except UsageError as error:
         print(f"{name}: {error}", file=sys.stderr)
@@ -131,7 +79,7 @@ def _photos_under(paths: list[Path]) -> Iterator[tuple[str, Path]]:
             raise UsageError(f"no such file or folder: {path}")
 
 
-def _index(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def index(client: FaceSearchClient, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     photos = list(_photos_under(args.paths))
@@ -166,7 +114,7 @@ def _index(client: FaceSearchClient, args: argparse.Namespace) -> int:
     return EXIT_FAILED if counts["invalid"] or counts["failed"] else EXIT_OK
 
 
-def _enroll(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def enroll(client: FaceSearchClient, args: argparse.Namespace) -> int:
     reply = client.enroll(args.name, _existing(args.photos), person_id=args.person_id)
     print(f"person {reply.person_id}: {reply.reference_faces} reference face(s)")
     for path, result in zip(args.photos, reply.results, strict=True):
@@ -180,7 +128,7 @@ def _settings(settings: facesearch_pb2.MatchSettings) -> str:
     return f"threshold {settings.similarity_threshold:.3f}, model {settings.model.id} v{settings.model.version}"
 
 
-def _verify(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def verify(client: FaceSearchClient, args: argparse.Namespace) -> int:
     reply = client.verify(*_existing([args.a, args.b]), threshold=args.threshold)
     verdict = "same person" if reply.same_person else "different people"
     print(f"{verdict}: similarity {reply.similarity:.3f}, distance {reply.distance:.3f} ({_settings(reply.settings)})")
@@ -191,7 +139,7 @@ def _box(box) -> str:
     return f"[{box.x_min:.0f}, {box.y_min:.0f}, {box.x_max:.0f}, {box.y_max:.0f}]"
 
 
-def _identify(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def identify(client: FaceSearchClient, args: argparse.Namespace) -> int:
     [photo] = _existing([args.photo])
     reply = client.identify(photo, top_k=args.top_k, threshold=args.threshold)
     print(f"{len(reply.faces)} face(s) ({_settings(reply.settings)})")
@@ -212,7 +160,7 @@ def _person_id(client: FaceSearchClient, person: str) -> str:
     return named[0].person_id
 
 
-def _findme(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def findme(client: FaceSearchClient, args: argparse.Namespace) -> int:
     if not args.me and not args.person:
         raise UsageError("give photos of the person (--me) or an enrolled person (--person)")
     references = _existing(args.me)
@@ -233,34 +181,23 @@ def _findme(client: FaceSearchClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _people(client: FaceSearchClient, _args: argparse.Namespace) -> int:
+def people(client: FaceSearchClient, _args: argparse.Namespace) -> int:
     for person in client.list_people():
         print(f"{person.person_id}  {person.display_name}  ({person.reference_faces} reference face(s))")
     return EXIT_OK
 
 
-def _delete_person(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def delete_person(client: FaceSearchClient, args: argparse.Namespace) -> int:
     print(f"deleted {client.delete_person(args.person_id)} face(s)")
     return EXIT_OK
 
 
-def _delete_photo(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def delete_photo(client: FaceSearchClient, args: argparse.Namespace) -> int:
     print(f"deleted {client.delete_photo(args.photo_id)} face(s)")
     return EXIT_OK
 
 
-def _stats(client: FaceSearchClient, _args: argparse.Namespace) -> int:
+def stats(client: FaceSearchClient, _args: argparse.Namespace) -> int:
     stats = client.stats()
     print(f"{stats.photos} photos, {stats.faces} faces, {stats.people} people ({_settings(stats.settings)})")
-    return EXIT_OK
-
-
-def _keys_add(args: argparse.Namespace) -> int:
-    try:
-        key = add_key(args.file, args.tenant, "read" if args.read_only else "write")
-    except (KeyFileError, OSError) as error:
-        print(f"facesearch keys add: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    print(key)
-    print(f"(its hash was added to {args.file}; the key is not stored anywhere: keep it now)", file=sys.stderr)
     return EXIT_OK
