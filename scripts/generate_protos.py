@@ -1,4 +1,5 @@
-"""Regenerates the Python code for the facesearch API from protos/.
+"""Regenerates the Python code for the facesearch API (and the TensorFlow graph format
+the weight conversion reads) from protos/.
 
 The generated package lives in protos/python/facesearch and is committed; run
 `make protos` after editing a .proto file (a test fails when it is stale).

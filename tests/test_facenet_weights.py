@@ -11,6 +11,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from facesearch.tensorflow_graph.graph_pb2 import (
+    DT_FLOAT,
+    DT_INT32,
+    DT_INVALID,
+    AttrValue,
+    GraphDef,
+    NodeDef,
+    TensorProto,
+)
 from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.images import ImageLimits, decode_image
@@ -25,7 +34,7 @@ from services.embedder.serving.weights.facenet_casia import (
     graph_sha256,
     load_casia_facenet,
 )
-from services.embedder.serving.weights.graphdef import WeightsError, iter_fields, read_graphdef
+from services.embedder.serving.weights.graphdef import WeightsError, parse_graphdef, read_graphdef
 from services.embedder.serving.weights.onnx_export import INPUT_NAME, OUTPUT_NAME, ServedFaceNet, export_onnx
 from tests.conftest import photo_bytes
 
@@ -151,29 +160,15 @@ def test_same_person_closer_than_different_people(faces, served_vectors) -> None
 # Broken graph files.
 
 
-def _record(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field."""
-
-    def varint(value: int) -> bytes:
-        out = bytearray()
-        while value > 0x7F:
-            out.append(value & 0x7F | 0x80)
-            value >>= 7
-        return bytes(out) + bytes([value])
-
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-
 @pytest.fixture(scope="module")
-def graph_records(graph_path: Path) -> list[tuple[int, bytes]]:
-    """The graph file's top-level fields, raw."""
-    data = memoryview(graph_path.read_bytes())
-    return [(number, bytes(value)) for number, _, value in iter_fields(data)]
+def graph_bytes(graph_path: Path) -> bytes:
+    return graph_path.read_bytes()
 
 
-def _write(path: Path, records: list[tuple[int, bytes]]) -> Path:
-    path.write_bytes(b"".join(_record(number, payload) for number, payload in records))
-    return path
+def _node(graph: GraphDef, name: str) -> int:
+    """The index of the one node called ``name``."""
+    [index] = [i for i, node in enumerate(graph.node) if node.name == name]
+    return index
 
 
 def test_truncated_graph_is_rejected(graph_path: Path, tmp_path: Path) -> None:
@@ -197,17 +192,66 @@ def test_missing_graph_file_is_named(tmp_path: Path) -> None:
         load_casia_facenet(tmp_path / "nowhere.pb")
 
 
-def test_graph_missing_a_weight_is_rejected(graph_records, tmp_path: Path) -> None:
-    name = b"InceptionResnetV1/Repeat_1/block17_3/Conv2d_1x1/biases"
-    kept = [(n, p) for n, p in graph_records if not (n == 1 and _record(1, name) in p)]
-    assert len(kept) == len(graph_records) - 1
+def test_graph_missing_a_weight_is_rejected(graph_bytes: bytes, tmp_path: Path) -> None:
+    graph = GraphDef.FromString(graph_bytes)
+    del graph.node[_node(graph, "InceptionResnetV1/Repeat_1/block17_3/Conv2d_1x1/biases")]
+    broken = tmp_path / "missing.pb"
+    broken.write_bytes(graph.SerializeToString())
     with pytest.raises(WeightsError, match="block17_3/Conv2d_1x1/biases"):
-        load_casia_facenet(_write(tmp_path / "missing.pb", kept))
+        load_casia_facenet(broken)
 
 
-def test_graph_with_an_unmapped_weight_is_rejected(graph_records, tmp_path: Path) -> None:
-    name = b"InceptionResnetV1/Conv2d_1a_3x3/Conv2D_bn_offset"
-    [(number, payload)] = [(n, p) for n, p in graph_records if n == 1 and _record(1, name) in p]
-    extra = payload.replace(_record(1, name), _record(1, name[:-1] + b"X"), 1)
+def test_graph_with_an_unmapped_weight_is_rejected(graph_bytes: bytes, tmp_path: Path) -> None:
+    graph = GraphDef.FromString(graph_bytes)
+    name = "InceptionResnetV1/Conv2d_1a_3x3/Conv2D_bn_offset"
+    extra = graph.node.add()
+    extra.CopyFrom(graph.node[_node(graph, name)])
+    extra.name = name[:-1] + "X"
+    broken = tmp_path / "extra.pb"
+    broken.write_bytes(graph.SerializeToString())
     with pytest.raises(WeightsError, match="not mapped onto the model"):
-        load_casia_facenet(_write(tmp_path / "extra.pb", [*graph_records, (number, extra)]))
+        load_casia_facenet(broken)
+
+
+def _const(name: str, dtype: int, shape: list[int], **values) -> NodeDef:
+    node = NodeDef(name=name, op="Const")
+    shape_proto = {"dim": [{"size": size} for size in shape]}
+    node.attr["value"].tensor.CopyFrom(TensorProto(dtype=dtype, tensor_shape=shape_proto, **values))
+    return node
+
+
+def test_constants_are_read_in_each_stored_form() -> None:
+    raw = np.arange(6, dtype="<f4").reshape(2, 3)
+    nodes = [
+        _const("raw", DT_FLOAT, [2, 3], tensor_content=raw.tobytes()),
+        _const("fill", DT_FLOAT, [2, 2], float_val=[1.5]),
+        _const("listed", DT_INT32, [3], int_val=[1, -2, 3]),
+        _const("scalar", DT_FLOAT, [], float_val=[0.25]),
+        _const("zeros", DT_INT32, [2]),
+    ]
+    consts = parse_graphdef(GraphDef(node=nodes).SerializeToString()).consts
+    assert consts["raw"].dtype == np.float32 and np.array_equal(consts["raw"], raw)
+    assert np.array_equal(consts["fill"], np.full((2, 2), 1.5, np.float32))
+    assert consts["listed"].dtype == np.int32 and consts["listed"].tolist() == [1, -2, 3]
+    assert consts["scalar"].shape == () and consts["scalar"] == np.float32(0.25)
+    assert consts["zeros"].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("node", "error"),
+    [
+        (NodeDef(op="Const"), "without a name or op"),
+        (NodeDef(name="c", op="Const"), "Const node c has no tensor value"),
+        (NodeDef(name="c", op="Const", attr={"value": AttrValue(s=b"1")}), "Const node c has no tensor value"),
+        (_const("c", DT_INVALID, [1], float_val=[1.0]), "unsupported tensor dtype"),
+        (_const("c", DT_FLOAT, [-1], float_val=[1.0]), "unknown shape"),
+        (_const("c", DT_FLOAT, [2, 3], tensor_content=bytes(20)), "holds 20 bytes, shape \\(2, 3\\) needs 24"),
+        (_const("c", DT_FLOAT, [2, 3], float_val=[1.0, 2.0]), "lists 2 values"),
+        (_const("c", DT_FLOAT, [1 << 20, 1 << 20], float_val=[1.0]), "implausibly large"),
+    ],
+)
+def test_unexpected_graph_is_rejected(tmp_path: Path, node: NodeDef, error: str) -> None:
+    broken = tmp_path / "unexpected.pb"
+    broken.write_bytes(GraphDef(node=[node]).SerializeToString())
+    with pytest.raises(WeightsError, match=f"{broken}: not a valid TensorFlow GraphDef .*{error}"):
+        read_graphdef(broken)

@@ -19,7 +19,7 @@ import torch
 from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
 from torch import nn
 
-from services.embedder.serving.weights.graphdef import GraphNode, WeightsError, read_graphdef
+from services.embedder.serving.weights.graphdef import FrozenGraph, WeightsError, read_graphdef
 
 # Pixel standardisation the checkpoint was trained with: davidsandberg's
 # "fixed image standardization" (--use_fixed_image_standardization), i.e.
@@ -121,10 +121,22 @@ def graph_sha256(graph_path: str | Path | None = None) -> str:
 class _GraphWeights:
     """The graph's constants by name, remembering which ones the conversion used."""
 
-    def __init__(self, nodes: list[GraphNode]) -> None:
-        self.consts = {n.name: n.value for n in nodes if n.op == "Const"}
-        self.nodes = {n.name: n for n in nodes}
+    def __init__(self, graph: FrozenGraph) -> None:
+        self.consts = graph.consts
+        self.nodes = graph.nodes
         self.used: set[str] = set()
+
+    def attrs(self, name: str) -> dict[str, object]:
+        """The attributes of node ``name`` used here: strides, padding and epsilon."""
+        node = self.nodes.get(_ROOT + name)
+        if node is None:
+            raise WeightsError(f"graph has no node {_ROOT}{name}")
+        attr = node.attr
+        return {
+            "strides": tuple(attr["strides"].list.i) if "strides" in attr else (),
+            "padding": attr["padding"].s.decode("utf-8", "replace") if "padding" in attr else None,
+            "epsilon": attr["epsilon"].f if "epsilon" in attr else None,
+        }
 
     def take(self, name: str) -> np.ndarray:
         name = _ROOT + name
@@ -151,19 +163,17 @@ def _conv_weight(value: np.ndarray, conv: nn.Conv2d, what: str) -> torch.Tensor:
 
 def _check_conv_geometry(graph: _GraphWeights, scope: str, conv: nn.Conv2d) -> None:
     """The graph's stride and padding for this convolution must be what the module does."""
-    node = graph.nodes.get(_ROOT + scope + "/Conv2D")
-    if node is None:
-        raise WeightsError(f"graph has no convolution {_ROOT}{scope}/Conv2D")
-    strides = tuple(node.attrs.get("strides", ()))[1:3]
-    if node.attrs.get("padding") == "VALID":
+    attrs = graph.attrs(scope + "/Conv2D")
+    strides = attrs["strides"][1:3]
+    if attrs["padding"] == "VALID":
         padding = (0, 0)
-    elif node.attrs.get("padding") == "SAME" and strides == (1, 1):
+    elif attrs["padding"] == "SAME" and strides == (1, 1):
         padding = tuple((k - 1) // 2 for k in conv.kernel_size)
     else:
         padding = None
     if strides != conv.stride or padding != conv.padding:
         raise WeightsError(
-            f"{scope}: graph stride {strides} padding {node.attrs.get('padding')} does not match "
+            f"{scope}: graph stride {strides} padding {attrs['padding']} does not match "
             f"module stride {conv.stride} padding {conv.padding}"
         )
 
@@ -193,7 +203,7 @@ def _state_dict(model: InceptionResnetV1, graph: _GraphWeights) -> dict[str, tor
     linear = graph.take("Bottleneck/weights")  # 1792 x 512, x @ W
     state["last_linear.weight"] = _tensor(linear.T, model.last_linear.weight.shape, "Bottleneck")
     bn = model.last_bn
-    epsilon = graph.nodes[_ROOT + "Bottleneck/BatchNorm/cond/FusedBatchNorm_1"].attrs.get("epsilon")
+    epsilon = graph.attrs("Bottleneck/BatchNorm/cond/FusedBatchNorm_1")["epsilon"]
     if epsilon is None or not np.isclose(epsilon, bn.eps, rtol=1e-5):
         raise WeightsError(f"bottleneck batch norm epsilon {epsilon}, module {bn.eps}")
     for key, name in (
