@@ -58,7 +58,8 @@ def embedder_serve(args: argparse.Namespace) -> int:
 
 
 def models_prepare(args: argparse.Namespace) -> int:
-    from services.embedder.serving.provisioning import FLAVOURS, ProvisioningError, describe, prepare_models
+    from services.embedder.serving.flavours import FLAVOURS
+    from services.embedder.serving.provisioning import ProvisioningError, describe, prepare_models
     from services.embedder.settings import EmbedderSettings
     from services.runtime.logs import configure_logging
     from services.runtime.settings import SettingsError, load_settings

@@ -22,7 +22,7 @@ from cli.archive import API_KEY_VARIABLE
 from cli.detect import detect as detect_photos
 from cli.keys import keys_add
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE
-from services.embedder.serving.provisioning import FLAVOURS
+from services.embedder.serving.flavours import FLAVOURS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,11 +16,11 @@ import grpc
 import numpy as np
 
 from facesearch.v1 import common_pb2, detector_pb2
-from gateway.downstream import Deadline, DetectorClient
+from gateway.downstream import DetectorClient
 from gateway.errors import GatewayError
 from services.embedder.client.base import Embedder, EmbedderError, EmbedderUnavailable
+from services.runtime.deadlines import Deadline
 
-CROP_SIDE = 160
 MAX_ID_LENGTH = 512
 
 
@@ -63,6 +63,7 @@ class FaceAnalyser:
     ) -> None:
         self.detector = detector
         self.embedder = embedder
+        self.crop_shape = embedder.model.crop.shape
         self.batch_size = batch_size
         self._slots = asyncio.Semaphore(concurrency)
         self.max_photo_bytes = max_photo_bytes
@@ -90,7 +91,7 @@ class FaceAnalyser:
                     continue
                 result.blurred_skipped = item.detection.blurred_faces_skipped
                 for face in item.detection.faces:
-                    crops.append(_crop_pixels(face.crop))
+                    crops.append(_crop_pixels(face.crop, self.crop_shape))
                     face.ClearField("crop")
                     owners.append((result, face))
         if crops:
@@ -125,9 +126,9 @@ class FaceAnalyser:
         return reply
 
     async def _embed(self, crops: np.ndarray, deadline: Deadline) -> np.ndarray:
-        timeout = deadline.check("embedding")
+        deadline.check("embedding")
         try:
-            embeddings = await self.embedder.embed(crops, timeout_s=timeout)
+            embeddings = await self.embedder.embed(crops, deadline=deadline)
         except EmbedderUnavailable as error:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if error.deadline else grpc.StatusCode.UNAVAILABLE
             raise GatewayError(code, f"embedder: {error}") from None
@@ -136,15 +137,16 @@ class FaceAnalyser:
         return embeddings.vectors
 
 
-def _crop_pixels(crop: common_pb2.AlignedCrop) -> np.ndarray:
-    expected = crop.height * crop.width * 3
-    if (crop.height, crop.width) != (CROP_SIDE, CROP_SIDE) or len(crop.rgb) != expected:
+def _crop_pixels(crop: common_pb2.AlignedCrop, shape: tuple[int, int, int]) -> np.ndarray:
+    """The crop's pixels as the embedding model takes them (``shape``: rows, columns, channels)."""
+    side = shape[0]
+    if (crop.height, crop.width) != shape[:2] or len(crop.rgb) != crop.height * crop.width * shape[2]:
         raise GatewayError(
             grpc.StatusCode.INTERNAL,
-            f"the detector returned a {crop.width}x{crop.height} crop; the embedder needs {CROP_SIDE}x{CROP_SIDE} "
-            "(set the detector's crop size to 160)",
+            f"the detector returned a {crop.width}x{crop.height} crop; the embedding model needs {side}x{side} "
+            f"(set the detector's crop size to {side})",
         )
-    return np.frombuffer(crop.rgb, dtype=np.uint8).reshape(CROP_SIDE, CROP_SIDE, 3)
+    return np.frombuffer(crop.rgb, dtype=np.uint8).reshape(shape)
 
 
 def _status(code: int) -> grpc.StatusCode:

@@ -10,11 +10,13 @@ two faces of the same photo is never made.
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.dependencies import Dependencies
-from gateway.downstream import Deadline
 from gateway.errors import invalid
+from services.runtime.deadlines import Deadline
 
 GALLERY = search_pb2.FACE_SOURCE_GALLERY
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
@@ -45,24 +47,20 @@ class Clusterer:
         if not faces:
             return []
         position = {face.id: i for i, face in enumerate(faces)}
-        parent = list(range(len(faces)))
-
-        def root(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
         vectors = np.asarray([list(face.vector) for face in faces], dtype=np.float32)
         neighbours = await self.deps.query(tenant, vectors, NEIGHBOURS, threshold, GALLERY, deadline)
-        for i, hits in enumerate(neighbours):
-            for hit in hits:
-                j = position.get(hit.face.id)
-                if j is not None and faces[j].payload.photo_id != faces[i].payload.photo_id:
-                    parent[root(i)] = root(j)
+        links = [
+            (i, j)
+            for i, hits in enumerate(neighbours)
+            for j in (position.get(hit.face.id) for hit in hits)
+            if j is not None and faces[j].payload.photo_id != faces[i].payload.photo_id
+        ]
+        ends = np.asarray(links, dtype=np.int64).reshape(-1, 2)
+        graph = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(len(faces), len(faces)))
+        _, labels = connected_components(graph, directed=False)
         groups: dict[int, list[int]] = {}
-        for i in range(len(faces)):
-            groups.setdefault(root(i), []).append(i)
+        for i, label in enumerate(labels):
+            groups.setdefault(int(label), []).append(i)
         kept = sorted((g for g in groups.values() if len(g) >= min_size), key=lambda g: (-len(g), g[0]))
         centres = np.stack([vectors[g].mean(axis=0) for g in kept]) if kept else np.zeros((0, vectors.shape[1]))
         names = await self.deps.query(tenant, centres, 1, threshold, ENROLLMENT, deadline) if kept else []

@@ -12,12 +12,12 @@ import numpy as np
 
 from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FaceAnalyser, FoundFace, PhotoInput
-from gateway.downstream import Deadline, SearchClient
+from gateway.downstream import SearchClient
 from gateway.errors import invalid
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from services.runtime.deadlines import Deadline
 
-EMBEDDING_SIZE = 512
 QUERY_VECTORS_PER_CALL = 64  # the search service's default limit
 # Namespace of enrolment face ids: one reference per (tenant, person, photo bytes).
 ENROLLMENT_ID_NAMESPACE = uuid.UUID("0c7d5c1e-8e0a-4f57-9a55-5d1a2f3b9e41")
@@ -28,13 +28,16 @@ class Dependencies:
     settings: GatewaySettings
     analyser: FaceAnalyser
     search: SearchClient
-    model_id: str
-    model_version: str
+    model: common_pb2.EmbeddingModel  # the embedding model in use: id, version, vector size
     metrics: GatewayMetrics
 
     @property
-    def model(self) -> common_pb2.EmbeddingModel:
-        return common_pb2.EmbeddingModel(id=self.model_id, version=self.model_version, dimension=EMBEDDING_SIZE)
+    def model_id(self) -> str:
+        return self.model.id
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version
 
     def threshold(self, override: float | None = None) -> float:
         if override is not None:

@@ -1,17 +1,16 @@
 """Calls from the gateway to the detector and search services.
 
-Every call carries a deadline: what is left of the caller's (or the gateway's
-default), so a downstream call never outlives the request that made it. Calls that
-are safe to repeat (all of these: detection has no side effects, upserts are keyed by
-deterministic ids, deletes are idempotent) are retried with exponential backoff when
-the service answers UNAVAILABLE, while the deadline allows.
+Every call carries a deadline: what is left of the request's (the caller's, at most
+``request_timeout_s``), so a downstream call never outlives the request that made it.
+Retries are gRPC's own, configured on the channels (services/runtime/channels.py):
+a call answered UNAVAILABLE is tried again with a growing backoff, at most
+``downstream_retries`` times and never past its deadline. Every call here is safe to
+repeat: detection has no side effects, upserts are keyed by deterministic ids, deletes
+are idempotent.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -19,64 +18,13 @@ import grpc
 
 from facesearch.v1 import detector_pb2, detector_pb2_grpc, search_pb2, search_pb2_grpc
 from gateway.errors import GatewayError
+from services.runtime.channels import RetryPolicy, aio_channel
+from services.runtime.deadlines import Deadline
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# Reconnect within a second once a service is back (gRPC's default backoff grows to 120 s).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-
-
-class Deadline:
-    """A point in time (time.monotonic) by which a request must be answered."""
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-
-    @classmethod
-    def of(cls, context: grpc.aio.ServicerContext | None, default_s: float) -> Deadline:
-        remaining = context.time_remaining() if context is not None else None
-        return cls(default_s if remaining is None else min(remaining, default_s))
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-    def check(self, what: str) -> float:
-        left = self.remaining()
-        if left <= 0:
-            raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before {what}")
-        return left
-
-
-class Retrying:
-    """Runs one downstream call with the request's deadline and retries on UNAVAILABLE."""
-
-    def __init__(self, service: str, retries: int, backoff_s: float) -> None:
-        self.service = service
-        self.retries = retries
-        self.backoff_s = backoff_s
-
-    async def __call__(self, what: str, call: Callable[[float], Awaitable[T]], deadline: Deadline) -> T:
-        attempt = 0
-        while True:
-            timeout = deadline.check(f"{self.service} {what}")
-            try:
-                return await call(timeout)
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    delay = self.backoff_s * 2**attempt
-                    if deadline.remaining() > delay:
-                        attempt += 1
-                        log.warning("retrying", extra={"service": self.service, "call": what, "attempt": attempt})
-                        await asyncio.sleep(delay)
-                        continue
-                raise downstream_error(self.service, what, error) from None
-
+DETECTOR_SERVICE = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
+SEARCH_SERVICE = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
 
 PASSED_THROUGH = (
     grpc.StatusCode.UNAVAILABLE,
@@ -95,54 +43,57 @@ def downstream_error(service: str, what: str, error: grpc.aio.AioRpcError) -> Ga
     return GatewayError(grpc.StatusCode.INTERNAL, message)
 
 
-def _channel(address: str, max_message_mb: int) -> grpc.aio.Channel:
-    limit = max_message_mb * 1024 * 1024
-    return grpc.aio.insecure_channel(
-        address,
-        options=[*CHANNEL_OPTIONS, ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
-    )
+class _Client:
+    """One channel to one service; ``_call`` runs a call with what is left of the deadline."""
 
+    def __init__(self, name: str, address: str, service: str, retry: RetryPolicy, max_message_mb: int) -> None:
+        self.name = name
+        self._channel = aio_channel(address, [service], retry, max_message_mb * 1024 * 1024)
 
-class DetectorClient:
-    def __init__(self, address: str, retrying: Retrying, max_message_mb: int) -> None:
-        self.address = address
-        self._channel = _channel(address, max_message_mb)
-        self._stub = detector_pb2_grpc.DetectorStub(self._channel)
-        self._retrying = retrying
-
-    async def detect_batch(
-        self, request: detector_pb2.DetectBatchRequest, deadline: Deadline
-    ) -> detector_pb2.DetectBatchResponse:
-        return await self._retrying(
-            "DetectBatch", lambda timeout: self._stub.DetectBatch(request, timeout=timeout), deadline
-        )
+    async def _call(
+        self, what: str, method: Callable[..., Awaitable[Reply]], request: Request, deadline: Deadline
+    ) -> Reply:
+        timeout = deadline.check(f"{self.name} {what}")
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise downstream_error(self.name, what, error) from None
 
     async def close(self) -> None:
         await self._channel.close()
 
 
-class SearchClient:
-    def __init__(self, address: str, retrying: Retrying, max_message_mb: int) -> None:
-        self.address = address
-        self._channel = _channel(address, max_message_mb)
+class DetectorClient(_Client):
+    def __init__(self, address: str, retry: RetryPolicy, max_message_mb: int) -> None:
+        super().__init__("detector", address, DETECTOR_SERVICE, retry, max_message_mb)
+        self._stub = detector_pb2_grpc.DetectorStub(self._channel)
+
+    async def detect_batch(
+        self, request: detector_pb2.DetectBatchRequest, deadline: Deadline
+    ) -> detector_pb2.DetectBatchResponse:
+        return await self._call("DetectBatch", self._stub.DetectBatch, request, deadline)
+
+
+class SearchClient(_Client):
+    def __init__(self, address: str, retry: RetryPolicy, max_message_mb: int) -> None:
+        super().__init__("search", address, SEARCH_SERVICE, retry, max_message_mb)
         self._stub = search_pb2_grpc.SearchStub(self._channel)
-        self._retrying = retrying
 
     async def upsert(self, request: search_pb2.UpsertRequest, deadline: Deadline) -> search_pb2.UpsertResponse:
-        return await self._retrying("Upsert", lambda t: self._stub.Upsert(request, timeout=t), deadline)
+        return await self._call("Upsert", self._stub.Upsert, request, deadline)
 
     async def query(self, request: search_pb2.QueryRequest, deadline: Deadline) -> search_pb2.QueryResponse:
-        return await self._retrying("Query", lambda t: self._stub.Query(request, timeout=t), deadline)
+        return await self._call("Query", self._stub.Query, request, deadline)
 
     async def delete(self, request: search_pb2.DeleteRequest, deadline: Deadline) -> search_pb2.DeleteResponse:
-        return await self._retrying("Delete", lambda t: self._stub.Delete(request, timeout=t), deadline)
+        return await self._call("Delete", self._stub.Delete, request, deadline)
 
     async def count(self, request: search_pb2.CountRequest, deadline: Deadline) -> int:
-        reply = await self._retrying("Count", lambda t: self._stub.Count(request, timeout=t), deadline)
+        reply = await self._call("Count", self._stub.Count, request, deadline)
         return reply.count
 
     async def scroll(self, request: search_pb2.ScrollRequest, deadline: Deadline) -> search_pb2.ScrollResponse:
-        return await self._retrying("Scroll", lambda t: self._stub.Scroll(request, timeout=t), deadline)
+        return await self._call("Scroll", self._stub.Scroll, request, deadline)
 
     async def scroll_all(
         self, request: search_pb2.ScrollRequest, deadline: Deadline, limit: int
@@ -157,6 +108,3 @@ class SearchClient:
             if not reply.next_page_token or len(faces) >= limit:
                 return faces[:limit]
             page.page_token = reply.next_page_token
-
-    async def close(self) -> None:
-        await self._channel.close()

@@ -21,8 +21,8 @@ import grpc
 from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, PhotoInput
 from gateway.dependencies import Dependencies, face_record
-from gateway.downstream import Deadline
 from gateway.errors import GatewayError, not_found
+from services.runtime.deadlines import Deadline
 
 log = logging.getLogger(__name__)
 GALLERY = search_pb2.FACE_SOURCE_GALLERY
@@ -110,8 +110,13 @@ class Indexer:
             await self._store(tenant, analysed, deadline)
             for (position, _), photo in zip(todo, analysed, strict=True):
                 results[position] = _result(photo)
-        except GatewayError as error:
-            # A service failed for the whole batch: these photos can be sent again.
+        except (GatewayError, TimeoutError) as error:
+            # A service failed for the whole batch, or its time ran out: these photos can be sent again.
+            reason = (
+                f"{error.code.name}: {error.message}"
+                if isinstance(error, GatewayError)
+                else f"DEADLINE_EXCEEDED: {error or 'the batch ran out of time'}"
+            )
             for position, photo in fresh:
                 if position not in results:
                     seen.pop(photo.content_hash, None)
@@ -119,7 +124,7 @@ class Indexer:
                         photo_id=photo.id,
                         content_hash=photo.content_hash,
                         status=facesearch_pb2.PHOTO_STATUS_FAILED,
-                        message=f"{error.code.name}: {error.message}",
+                        message=reason,
                     )
         return [results[position] for position in range(len(photos))]
 

@@ -6,10 +6,6 @@ given per call); every answer says which model and threshold it used.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +13,10 @@ import numpy as np
 from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput, clearest_face
 from gateway.dependencies import Dependencies, distance
-from gateway.downstream import Deadline
 from gateway.errors import GatewayError, invalid, not_found
 from gateway.people import People, check_person_id
+from services.runtime.deadlines import Deadline
+from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
 
 GALLERY = search_pb2.FACE_SOURCE_GALLERY
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
@@ -39,6 +36,7 @@ class Matcher:
     def __init__(self, deps: Dependencies, people: People) -> None:
         self.deps = deps
         self.people = people
+        self.tokens = PageTokens("FindMe", deps.settings.page_key())
 
     async def _reference_faces(self, photos: list[PhotoInput], deadline: Deadline, names: list[str]) -> list[FoundFace]:
         """The clearest face of each photo; a photo without one is the caller's mistake."""
@@ -56,7 +54,7 @@ class Matcher:
         if face is None:
             found = (
                 f"{len(photo.faces)} face(s), none of at least {self.deps.settings.min_face_size} px"
-                if (photo.faces)
+                if photo.faces
                 else "no face"
             )
             raise invalid(f"{name}: {found} found")
@@ -114,8 +112,13 @@ class Matcher:
             raise invalid("give reference photos, an enrolled person_id, or both")
         if len(references) > settings.max_photos_per_request:
             raise invalid(f"{len(references)} reference photos, over the limit of {settings.max_photos_per_request}")
-        query = _fingerprint(tenant, [r.content_hash for r in references], person_id, threshold)
-        offset = _decode_page_token(page_token, query) if page_token else 0
+        # A page token holds the offset of the next page in the ranking of this query.
+        hashes = sorted(r.content_hash for r in references)
+        query = query_fingerprint(tenant, self.deps.model_id, hashes, person_id, round(threshold, 6))
+        try:
+            offset = self.tokens.read_offset(page_token, query)
+        except InvalidPageToken as error:
+            raise invalid(str(error)) from None
 
         vectors = (
             [
@@ -154,25 +157,4 @@ class Matcher:
             for h in page
         ]
         more = offset + limit < len(ranked)
-        return matches, _encode_page_token(offset + limit, query) if more else ""
-
-
-def _fingerprint(tenant: str, hashes: list[str], person_id: str, threshold: float) -> str:
-    text = json.dumps([tenant, sorted(hashes), person_id, round(threshold, 6)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _encode_page_token(offset: int, query: str) -> str:
-    raw = json.dumps({"offset": offset, "query": query}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, query: str) -> int:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        offset, issued_for = int(data["offset"]), data["query"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise invalid("page_token is not one FindMe issued") from None
-    if issued_for != query or offset < 0:
-        raise invalid("page_token belongs to another FindMe query (references, person or threshold differ)")
-    return offset
+        return matches, self.tokens.issue(offset + limit, query) if more else ""

@@ -16,13 +16,15 @@ import grpc
 from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput
 from gateway.dependencies import Dependencies, enrollment_face_id, face_record
-from gateway.downstream import Deadline
 from gateway.errors import invalid, not_found
+from services.runtime.deadlines import Deadline
+from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
 
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
 PERSON_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 MAX_NAME_LENGTH = 256
 MAX_REFERENCE_FACES = 100_000  # faces read when listing people
+DEFAULT_PAGE_SIZE = 100
 
 
 @dataclass
@@ -44,6 +46,7 @@ def check_person_id(person_id: str) -> str:
 class People:
     def __init__(self, deps: Dependencies) -> None:
         self.deps = deps
+        self.tokens = PageTokens("ListPeople", deps.settings.page_key())
 
     async def references(
         self, tenant: str, person_id: str, deadline: Deadline, *, with_vectors: bool = False
@@ -154,6 +157,22 @@ class People:
             person = people.setdefault(payload.person_id, EnrolledPerson(payload.person_id, payload.person_name, 0))
             person.reference_faces += 1
         return sorted(people.values(), key=lambda p: (p.display_name.casefold(), p.person_id))
+
+    async def page(
+        self, tenant: str, page_size: int, page_token: str, deadline: Deadline
+    ) -> tuple[list[EnrolledPerson], str]:
+        """One page of ``list`` and the token of the next (empty after the last page)."""
+        size = page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= self.deps.settings.max_page_size:
+            raise invalid(f"page_size must be in [1, {self.deps.settings.max_page_size}], got {size}")
+        query = query_fingerprint("ListPeople", tenant)
+        try:
+            offset = self.tokens.read_offset(page_token, query)
+        except InvalidPageToken as error:
+            raise invalid(str(error)) from None
+        people = await self.list(tenant, deadline)
+        more = offset + size < len(people)
+        return people[offset : offset + size], self.tokens.issue(offset + size, query) if more else ""
 
     async def delete(self, tenant: str, person_id: str, deadline: Deadline) -> int:
         check_person_id(person_id)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
+from facesearch.v1 import common_pb2, facesearch_pb2, facesearch_pb2_grpc
 from gateway.analysis import FaceAnalyser
 from gateway.auth import ApiKeys
 from gateway.dependencies import Dependencies
-from gateway.downstream import DetectorClient, Retrying, SearchClient
+from gateway.downstream import DetectorClient, SearchClient
 from gateway.metrics import GatewayMetrics
 from gateway.service import FaceSearchService
 from gateway.settings import GatewaySettings
@@ -30,23 +30,16 @@ class GatewayServer(GrpcServer):
     def __init__(self, settings: GatewaySettings, embedder_settings: EmbedderSettings, keys: ApiKeys) -> None:
         self.embedder_settings = embedder_settings
         self.keys = keys
-        self.servicer: FaceSearchService | None = None
         binding = ServiceBinding(SERVICE_NAME, self, self._add_servicer)
         super().__init__("gateway", settings, [binding])
 
-    def _add_servicer(self, _: object, server) -> None:
-        settings: GatewaySettings = self.settings  # type: ignore[assignment]
-        detector = DetectorClient(
-            settings.detector_address,
-            Retrying("detector", settings.downstream_retries, settings.retry_backoff_s),
-            settings.max_message_mb,
-        )
-        search = SearchClient(
-            settings.search_address,
-            Retrying("search", settings.downstream_retries, settings.retry_backoff_s),
-            settings.max_message_mb,
-        )
+    def analyser(self, settings: GatewaySettings) -> tuple[FaceAnalyser, common_pb2.EmbeddingModel]:
+        """The detector and the embedder as one analyser, with the embedding model it uses;
+        their clients are closed when the server stops."""
+        detector = DetectorClient(settings.detector_address, settings.retry_policy(), settings.max_message_mb)
         embedder = create_embedder(self.embedder_settings)
+        self.on_stop(detector.close)
+        self.on_stop(embedder.close)
         analyser = FaceAnalyser(
             detector,
             embedder,
@@ -54,17 +47,19 @@ class GatewayServer(GrpcServer):
             concurrency=settings.index_concurrency,
             max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
         )
-        deps = Dependencies(
-            settings, analyser, search, embedder.model_id, embedder.model_version, GatewayMetrics(self.metrics.registry)
+        model = common_pb2.EmbeddingModel(
+            id=embedder.model_id, version=embedder.model_version, dimension=embedder.model.dimension
         )
+        return analyser, model
+
+    def _add_servicer(self, _: object, server) -> None:
+        settings: GatewaySettings = self.settings  # type: ignore[assignment]
+        search = SearchClient(settings.search_address, settings.retry_policy(), settings.max_message_mb)
+        self.on_stop(search.close)
+        analyser, model = self.analyser(settings)
+        deps = Dependencies(settings, analyser, search, model, GatewayMetrics(self.metrics.registry))
         deps.threshold()  # the model in use must have a threshold: fail at start, not per call
-        self.servicer = FaceSearchService(deps, self.keys)
-        facesearch_pb2_grpc.add_FaceSearchServicer_to_server(self.servicer, server)
-
-        async def close() -> None:
-            await asyncio.gather(detector.close(), search.close(), embedder.close())
-
-        self.on_stop(close)
+        facesearch_pb2_grpc.add_FaceSearchServicer_to_server(FaceSearchService(deps, self.keys), server)
 
 
 def build_server(

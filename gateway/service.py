@@ -3,9 +3,9 @@ the gateway's operations, nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -14,13 +14,11 @@ from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
 from gateway.auth import ApiKeys, AuthError, Caller
 from gateway.clustering import Clusterer
 from gateway.dependencies import Dependencies, optional_threshold, photo_input
-from gateway.downstream import Deadline
-from gateway.errors import GatewayError, invalid
+from gateway.errors import GatewayError
 from gateway.indexing import Indexer
 from gateway.matching import Matcher
 from gateway.people import People
-
-log = logging.getLogger(__name__)
+from services.runtime.deadlines import Deadline
 
 
 def _abort_code(error: Exception) -> tuple[grpc.StatusCode, str]:
@@ -28,14 +26,16 @@ def _abort_code(error: Exception) -> tuple[grpc.StatusCode, str]:
         return (grpc.StatusCode.PERMISSION_DENIED if error.permission else grpc.StatusCode.UNAUTHENTICATED), str(error)
     if isinstance(error, GatewayError):
         return error.code, error.message
-    if isinstance(error, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    if isinstance(error, TimeoutError):  # DeadlineExceeded, or the request's own time ran out
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error) or "deadline exceeded: the request's time ran out"
     raise error
 
 
 def rpc(scope: str) -> Callable:
     """Authenticates the caller (with ``scope``), passes them and the call's deadline to the
-    method, and turns the gateway's errors into gRPC statuses."""
+    method, and turns the gateway's errors into gRPC statuses. A unary call is answered
+    DEADLINE_EXCEEDED when its deadline passes, whatever it is waiting for; a stream's
+    deadlines are the method's (IndexPhotos gives each batch its own)."""
 
     def decorate(method: Callable) -> Callable:
         if inspect.isasyncgenfunction(method):
@@ -55,7 +55,9 @@ def rpc(scope: str) -> Callable:
         async def unary(self: FaceSearchService, request, context):
             try:
                 caller = self.caller(context, scope)
-                return await method(self, request, context, caller, self.deadline(context))
+                deadline = self.deadline(context)
+                async with asyncio.timeout(deadline.remaining()):
+                    return await method(self, request, context, caller, deadline)
             except (AuthError, GatewayError, TimeoutError) as error:
                 await context.abort(*_abort_code(error))
 
@@ -79,7 +81,8 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
         return caller
 
     def deadline(self, context: grpc.aio.ServicerContext) -> Deadline:
-        return Deadline.of(context, self.deps.settings.request_timeout_s)
+        """What is left of the caller's deadline, at most ``request_timeout_s``."""
+        return Deadline.of_call(context, self.deps.settings.request_timeout_s)
 
     @rpc("write")
     async def Enroll(self, request, context, caller, deadline) -> facesearch_pb2.EnrollResponse:
@@ -149,13 +152,7 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
 
     @rpc("read")
     async def ListPeople(self, request, context, caller, deadline) -> facesearch_pb2.ListPeopleResponse:
-        size = request.page_size or 100
-        if not 1 <= size <= self.deps.settings.max_page_size:
-            raise invalid(f"page_size must be in [1, {self.deps.settings.max_page_size}], got {size}")
-        offset = _offset_token(request.page_token)
-        people = await self.people.list(caller.tenant, deadline)
-        page = people[offset : offset + size]
-        more = offset + size < len(people)
+        page, token = await self.people.page(caller.tenant, request.page_size, request.page_token, deadline)
         return facesearch_pb2.ListPeopleResponse(
             people=[
                 facesearch_pb2.Person(
@@ -163,7 +160,7 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
                 )
                 for p in page
             ],
-            next_page_token=str(offset + size) if more else "",
+            next_page_token=token,
         )
 
     @rpc("read")
@@ -179,11 +176,3 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
         return facesearch_pb2.StatsResponse(
             photos=photos, faces=faces, people=len(people), settings=self.deps.match_settings(self.deps.threshold())
         )
-
-
-def _offset_token(token: str) -> int:
-    if not token:
-        return 0
-    if not token.isdigit():
-        raise invalid("page_token is not one ListPeople issued")
-    return int(token)

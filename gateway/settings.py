@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from services.runtime.channels import MAX_ATTEMPTS, RetryPolicy
+from services.runtime.page_tokens import PageTokenKey, key_bytes
 from services.runtime.settings import ServiceSettings
 
 # Minimum cosine similarity for "same person", per embedding model. facenet-casia:
@@ -42,8 +44,20 @@ class GatewaySettings(ServiceSettings):
     request_timeout_s: float = Field(
         120.0, gt=0, description="Deadline of a call whose caller set none; downstream calls get what is left."
     )
-    downstream_retries: int = Field(3, ge=0, description="Retries of an idempotent downstream call on UNAVAILABLE.")
-    retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubles each time.")
+    downstream_retries: int = Field(
+        3,
+        ge=0,
+        le=MAX_ATTEMPTS - 1,
+        description="Retries of a detector or search call answered UNAVAILABLE (gRPC allows at most 4).",
+    )
+    retry_backoff_s: float = Field(
+        0.2, ge=0, description="First retry delay (give or take 20%); doubles each time, up to 8 times this."
+    )
+    page_token_key: PageTokenKey = Field(
+        None,
+        description="Key signing FindMe and ListPeople page tokens; unset: a random one per process. "
+        "Replicas behind one address need the same key.",
+    )
 
     detect_batch_size: int = Field(8, ge=1, le=256, description="Photos per DetectBatch call.")
     index_concurrency: int = Field(
@@ -75,6 +89,14 @@ class GatewaySettings(ServiceSettings):
             if not -1.0 <= value <= 1.0:
                 raise ValueError(f"threshold of {model_id!r} must be a cosine similarity in [-1, 1], got {value}")
         return thresholds
+
+    def retry_policy(self) -> RetryPolicy:
+        """How the gateway's channels retry a call answered UNAVAILABLE."""
+        return RetryPolicy.from_retries(self.downstream_retries, self.retry_backoff_s)
+
+    def page_key(self) -> bytes | None:
+        """The page token key, or None for a random one."""
+        return key_bytes(self.page_token_key)
 
     def threshold(self, model_id: str) -> float:
         if model_id not in self.similarity_thresholds:

@@ -1,6 +1,7 @@
-"""The whole suite on loopback in one test process: detector, a real Triton serving the
-FaceNet model, search on the edge store, and the gateway. Each part can be stopped and
-started again on the same port, to test outages."""
+"""The whole suite on loopback in one process, for tests and benchmarks: the detector, a real
+Triton serving the embedding model, search on the edge store, and the gateway, with fixed
+API keys (``KEYS``). Each part can be stopped and started again on the same port, to test
+outages."""
 
 from __future__ import annotations
 
@@ -31,11 +32,16 @@ def prepare_model_repository(root: Path) -> EmbedderSettings:
 
 
 class LocalSuite:
-    def __init__(self, root: Path, embedder: EmbedderSettings, **gateway_overrides) -> None:
+    def __init__(
+        self, root: Path, embedder: EmbedderSettings, *, triton: TritonServer | None = None, **gateway_overrides
+    ) -> None:
+        """``embedder``: settings whose model repository holds the onnx-python flavour;
+        ``triton``: a running Triton serving it (else one is started here)."""
         self.root = root
         self.detector_port, self.search_port, self.gateway_port = free_ports(3)
         self.model_repository = embedder.model_repository
-        self.triton = TritonServer(self.model_repository / "onnx-python", root / "triton").start()
+        self._owns_triton = triton is None
+        self.triton = triton or TritonServer(self.model_repository / "onnx-python", root / "triton").start()
         self.embedder = EmbedderSettings(
             model_repository=embedder.model_repository,
             triton_url=self.triton.grpc_url,
@@ -72,15 +78,7 @@ class LocalSuite:
 
     def start_triton(self) -> TritonServer:
         """Triton again, on the ports it had."""
-        old = self.triton
-        self.triton = TritonServer(
-            old.model_repository,
-            old.work_dir,
-            grpc_port=old.grpc_port,
-            http_port=old.http_port,
-            metrics_port=old.metrics_port,
-        ).start()
-        return self.triton
+        return self.triton.restart()
 
     def start_detector(self) -> BackgroundServer:
         settings = DetectorSettings(host="127.0.0.1", port=self.detector_port, log_format="text")
@@ -93,6 +91,8 @@ class LocalSuite:
         return self.search
 
     def stop(self) -> None:
+        """Stops every part it started (a Triton it was given is left running)."""
         for part in (self.gateway, self.search, self.detector):
             part.stop()
-        self.triton.stop()
+        if self._owns_triton:
+            self.triton.stop()

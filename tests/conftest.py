@@ -58,11 +58,66 @@ def detector(detector_server: BackgroundServer) -> Iterator[detector_pb2_grpc.De
 
 
 @pytest.fixture(scope="session")
-def suite(tmp_path_factory: pytest.TempPathFactory):
-    """The whole suite on loopback (see launcher/in_process.py), shared by the tests of the gateway."""
-    from launcher.in_process import LocalSuite, prepare_model_repository
+def suite(tmp_path_factory: pytest.TempPathFactory, onnx_python_models, triton_server):
+    """The whole suite on loopback (see launcher/in_process.py) on the session's Triton, shared
+    by the tests of the gateway (those that stop Triton restart it on the same ports)."""
+    from launcher.in_process import LocalSuite
 
-    embedder = prepare_model_repository(tmp_path_factory.mktemp("models"))
-    suite = LocalSuite(tmp_path_factory.mktemp("suite"), embedder)
+    suite = LocalSuite(tmp_path_factory.mktemp("suite"), onnx_python_models, triton=triton_server)
     yield suite
     suite.stop()
+
+
+# --- Triton: one prepared onnx-python model repository and one server on it per session ---------
+
+
+def new_triton_server(repository: Path, work_dir: Path, **options):
+    """A TritonServer (not started) for tests that start, stop or restart one themselves, or
+    serve a repository of their own; the rest use the session's ``triton_server``."""
+    from services.embedder.serving.triton_server import TritonServer
+
+    return TritonServer(repository, work_dir, **{"startup_timeout_s": 120, "stop_timeout_s": 10, **options})
+
+
+@pytest.fixture(scope="session")
+def onnx_python_models(tmp_path_factory: pytest.TempPathFactory):
+    """EmbedderSettings whose model repository holds the onnx-python flavour, prepared once per
+    session with the default settings (the casia weights converted and exported: ~10 s)."""
+    from services.embedder.serving.provisioning import prepare_models
+    from services.embedder.settings import EmbedderSettings
+
+    settings = EmbedderSettings(model_repository=tmp_path_factory.mktemp("onnx-python-models"))
+    prepare_models(settings, flavours=["onnx-python"])
+    return settings
+
+
+@pytest.fixture(scope="session")
+def triton_server(onnx_python_models, tmp_path_factory: pytest.TempPathFactory):
+    """One running Triton serving ``onnx_python_models``' onnx-python repository, for the session."""
+    repository = onnx_python_models.model_repository / "onnx-python"
+    with new_triton_server(repository, tmp_path_factory.mktemp("triton")) as server:
+        yield server
+
+
+def copy_of_model(models, repository: Path, name: str, onnx: bytes | None = None, change_config=None) -> Path:
+    """The onnx-python model folder that provisioning wrote for ``models`` (EmbedderSettings),
+    copied into ``repository`` as model ``name`` (its config renamed, then given to
+    ``change_config`` if any), with its model.onnx replaced by ``onnx`` when given; returns
+    the folder."""
+    import shutil
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    source = models.model_repository / "onnx-python" / models.model_id
+    folder = repository / name
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    config_path = folder / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    config.name = name
+    if change_config is not None:
+        change_config(config)
+    config_path.write_text(text_format.MessageToString(config))
+    if onnx is not None:
+        (folder / models.model_version / "model.onnx").write_bytes(onnx)
+    return folder

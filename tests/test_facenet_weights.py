@@ -24,19 +24,21 @@ from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
+from services.embedder.models import FACENET_CASIA
 from services.embedder.serving.weights.facenet_casia import (
-    CROP_SIZE,
-    EMBEDDING_SIZE,
     GRAPH_SHA256,
-    PIXEL_MEAN,
-    PIXEL_SCALE,
     default_graph_path,
     graph_sha256,
     load_casia_facenet,
 )
 from services.embedder.serving.weights.graphdef import WeightsError, parse_graphdef, read_graphdef
-from services.embedder.serving.weights.onnx_export import INPUT_NAME, OUTPUT_NAME, ServedFaceNet, export_onnx
+from services.embedder.serving.weights.onnx_export import ServedFaceNet, export_onnx
 from tests.conftest import photo_bytes
+
+CROP_SIZE = FACENET_CASIA.crop.side
+EMBEDDING_SIZE = FACENET_CASIA.dimension
+PIXEL_MEAN, PIXEL_SCALE = FACENET_CASIA.pixels.mean, FACENET_CASIA.pixels.scale
+INPUT_NAME, OUTPUT_NAME = FACENET_CASIA.input.name, FACENET_CASIA.output.name
 
 # One face each; identities from labels.json (A x3, B x2, C, and M, W of the other set).
 PHOTOS = [

@@ -17,7 +17,6 @@ import sys
 import time
 import types
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,11 @@ from services.detector.backends import create_backend
 from services.detector.detection import FaceDetector
 from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
-from services.embedder.serving import model_repository
+from services.embedder import models
+from services.embedder.models import DEFAULT_MODEL
+from services.embedder.serving import flavours
+from services.embedder.serving.flavours import FLAVOURS
 from services.embedder.serving.provisioning import (
-    FLAVOURS,
     MANIFEST_NAME,
     Manifest,
     ProvisioningError,
@@ -41,13 +42,16 @@ from services.embedder.serving.provisioning import (
     stale_models,
 )
 from services.embedder.serving.serve import check_servable
-from services.embedder.serving.triton_server import TritonServer, wait_until_ready
+from services.embedder.serving.triton_server import TritonServer
+from services.embedder.serving.weights import sources
 from services.embedder.serving.weights.facenet_casia import GRAPH_SHA256, default_graph_path
 from services.embedder.settings import EmbedderSettings
 from services.runtime.ports import free_ports
-from tests.conftest import REPO, photo_bytes
+from services.runtime.readiness import triton_ready, wait_until_ready
+from services.runtime.settings import SettingsError, load_settings
+from tests.conftest import REPO, new_triton_server, photo_bytes
 
-MODEL = "facenet-casia"
+MODEL = DEFAULT_MODEL.id
 # Settings that differ from the defaults, so that the configs show they come from settings.
 SHAPING = dict(max_batch_size=16, preferred_batch_sizes=[4, 8, 32], max_queue_delay_us=3000, instances=2)
 EXPECTED_FILES = {
@@ -142,6 +146,96 @@ def infer(url: str, batch: np.ndarray) -> np.ndarray:
         return client.infer(MODEL, [tensor], model_version="1").as_numpy("embeddings")
 
 
+# --- the registries ---------------------------------------------------------------------------
+
+
+def test_settings_take_their_choices_and_defaults_from_the_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
+    defaults = EmbedderSettings()
+    assert (defaults.weights, defaults.model_id) == (DEFAULT_MODEL.weights, DEFAULT_MODEL.id)
+    assert defaults.flavour == flavours.DEFAULT_FLAVOUR == FLAVOURS[0]
+    for model in models.MODELS:
+        chosen = EmbedderSettings(weights=model.weights)
+        assert chosen.model_id == model.id and chosen.model is model
+    assert EmbedderSettings(weights="vggface2", model_id="mine").model_id == "mine"
+    assert [EmbedderSettings(flavour=name).flavour for name in FLAVOURS] == list(FLAVOURS)
+    with pytest.raises(SettingsError) as error:
+        load_settings(EmbedderSettings, flavour="tensorflow", weights="imagenet")
+    message = str(error.value)
+    assert f"unknown flavour 'tensorflow' (one of {', '.join(FLAVOURS)})" in message
+    assert f"unknown weights 'imagenet' (one of {', '.join(models.WEIGHTS)})" in message
+
+
+def test_the_other_services_follow_the_model_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.search.settings import SearchSettings
+
+    monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
+    detector = DetectorSettings()
+    assert (detector.crop_size, detector.crop_margin) == (DEFAULT_MODEL.crop.side, DEFAULT_MODEL.crop.margin)
+    assert SearchSettings().models == {"facenet-casia": 512, "facenet-vggface2": 512}
+    for model in models.MODELS:
+        assert sources.loader(model.weights).source == model.weights
+    with pytest.raises(sources.WeightsSourceError, match="unknown weights 'imagenet'"):
+        sources.locate("imagenet")
+
+
+class TinyWeights(sources.WeightsLoader):
+    """The weights loader of a made-up second model: a small random network."""
+
+    source = "tiny"
+
+    def default_path(self) -> Path:
+        return Path("/no/tiny/weights")
+
+    def not_found(self, path: Path) -> str:
+        return f"no tiny weights at {path}"
+
+    def load(self, path: Path):
+        import torch
+
+        torch.manual_seed(int(path.read_text()))
+        layers = [torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 64)]
+        return torch.nn.Sequential(*layers).eval()
+
+
+TINY = TinyWeights()
+
+
+def test_a_second_model_is_one_registry_entry_and_its_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import dataclasses
+
+    from services.embedder.client.in_process import InProcessEmbedder
+
+    tiny = dataclasses.replace(
+        DEFAULT_MODEL,
+        id="tiny-net",
+        description="a made-up model with 32 x 32 crops and 64-d vectors",
+        weights="tiny",
+        loader=f"{__name__}:TINY",
+        crop=dataclasses.replace(DEFAULT_MODEL.crop, side=32),
+        dimension=64,
+    )
+    monkeypatch.setattr(models, "MODELS", (*models.MODELS, tiny))
+    weights = tmp_path / "tiny.seed"
+    weights.write_text("7")
+    settings = EmbedderSettings(model_repository=tmp_path / "models", weights="tiny", weights_path=weights)
+    assert settings.model_id == "tiny-net" and settings.model is tiny
+
+    manifest = prepare_models(settings, flavours=["onnx-python"])
+    config = parse_config(manifest.flavour_repository("onnx-python") / "tiny-net" / "config.pbtxt")
+    assert config.name == "tiny-net"
+    assert (list(config.input[0].dims), list(config.output[0].dims)) == ([32, 32, 3], [64])
+
+    async def embed() -> np.ndarray:
+        async with InProcessEmbedder(settings) as embedder:
+            return (await embedder.embed(np.zeros((3, 32, 32, 3), np.uint8))).vectors
+
+    vectors = asyncio.run(embed())
+    assert vectors.shape == (3, 64)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
 # --- what is written ------------------------------------------------------------------------
 
 
@@ -154,8 +248,8 @@ def test_every_flavour_is_a_repository_with_its_files(prepared) -> None:
         assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == sorted(names)
         assert manifest.flavour_repository(flavour) == repository / flavour
     for flavour, source in [
-        ("onnx-python", model_repository.PYTHON_MODEL),
-        ("torch-cuda-python", model_repository.TORCH_PYTHON_MODEL),
+        ("onnx-python", flavours.TRITON_MODELS / "onnx_python" / "model.py"),
+        ("torch-cuda-python", flavours.TRITON_MODELS / "torch_python" / "model.py"),
     ]:
         assert (repository / flavour / MODEL / "1" / "model.py").read_bytes() == source.read_bytes()
     assert sorted(map(str, manifest.written)) == sorted(map(str, model_files(repository).values()))
@@ -399,22 +493,24 @@ def test_vggface2_weights_from_a_local_file(tmp_path: Path, crops: np.ndarray, r
 # --- serving ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def onnx_python_triton(prepared, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    _, manifest = prepared
-    with TritonServer(manifest.flavour_repository("onnx-python"), tmp_path_factory.mktemp("triton-onnx")) as server:
-        yield server
-
-
 def test_onnx_python_served_by_triton_equals_onnxruntime(
-    onnx_python_triton: TritonServer, crops: np.ndarray, reference: np.ndarray
+    prepared,
+    onnx_python_models: EmbedderSettings,
+    triton_server: TritonServer,
+    crops: np.ndarray,
+    reference: np.ndarray,
 ) -> None:
-    served = infer(onnx_python_triton.grpc_url, crops)
+    """The session's Triton serves an onnx-python repository prepared with the default
+    settings; its ONNX file is the very one prepared here."""
+    settings, _ = prepared
+    relpath = Path("onnx-python") / MODEL / "1" / "model.onnx"
+    assert sha256(onnx_python_models.model_repository / relpath) == sha256(settings.model_repository / relpath)
+    served = infer(triton_server.grpc_url, crops)
     assert served.dtype == np.float32 and served.shape == (5, 512)
     np.testing.assert_allclose(served, reference, rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(infer(onnx_python_triton.grpc_url, crops[2:3]), reference[2:3], rtol=0, atol=1e-5)
-    assert "Traceback" not in onnx_python_triton.log_path.read_text()
+    np.testing.assert_allclose(infer(triton_server.grpc_url, crops[2:3]), reference[2:3], rtol=0, atol=1e-5)
+    assert "Traceback" not in triton_server.log_path.read_text()
 
 
 def test_torch_python_served_on_the_cpu_agrees_with_onnx(
@@ -427,7 +523,7 @@ def test_torch_python_served_on_the_cpu_agrees_with_onnx(
     config = parse_config(repository_copy / "torch-cuda-python" / MODEL / "config.pbtxt")
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     repository = manifest.flavour_repository("torch-cuda-python")
-    with TritonServer(repository, tmp_path / "triton", startup_timeout_s=120) as server:
+    with new_triton_server(repository, tmp_path / "triton") as server:
         served = infer(server.grpc_url, crops)
         single = infer(server.grpc_url, crops[:1])
         log = server.log_path.read_text()
@@ -441,7 +537,9 @@ def test_torch_python_served_on_the_cpu_agrees_with_onnx(
 def load_torch_model_py(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """triton_models/torch_python/model.py imported outside Triton (its pb_utils import stubbed)."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
-    spec = importlib.util.spec_from_file_location("torch_python_model", model_repository.TORCH_PYTHON_MODEL)
+    spec = importlib.util.spec_from_file_location(
+        "torch_python_model", flavours.get("torch-cuda-python").files[0].source_path
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -541,7 +639,9 @@ def test_embedder_serve_becomes_ready_and_exits_0_on_sigterm(repository_copy: Pa
     log = (tmp_path / "serve.log").open("w+")
     serve = subprocess.Popen([*FACESEARCH, "embedder", "serve"], cwd=REPO, env=env, stderr=log, text=True)
     try:
-        wait_until_ready(f"127.0.0.1:{grpc_port}", 120, [MODEL], process=serve, process_name="embedder serve")
+        wait_until_ready(
+            triton_ready(f"127.0.0.1:{grpc_port}", [(MODEL, "1")]), 120, what="embedder serve", process=serve
+        )
         deadline = time.monotonic() + 30  # Triton is ready a moment before serve says so itself
         while "embedder ready" not in (tmp_path / "serve.log").read_text():
             assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()

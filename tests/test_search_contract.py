@@ -157,6 +157,23 @@ def test_scroll_pages_through_everything_once(index, gallery):
         index.scroll("acme", MODEL, SIZE, page_token="not-a-token")
 
 
+def test_scroll_refuses_tokens_it_did_not_issue_for_the_same_listing(index, gallery):
+    token = index.scroll("acme", MODEL, SIZE, page_size=5).next_token
+    assert token
+    for tenant, face_filter in [("globex", None), ("acme", FaceFilter(source="gallery"))]:
+        with pytest.raises(InvalidRequest, match="page_token belongs to another Scroll query"):
+            index.scroll(tenant, MODEL, SIZE, face_filter, page_size=5, page_token=token)
+    altered = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+    other_key = FaceIndex(index.store, MODELS, page_token_key=b"another key").scroll("acme", MODEL, SIZE, page_size=5)
+    for bad in [altered, token[:-3], other_key.next_token, "0"]:
+        with pytest.raises(InvalidRequest, match="page_token is not one Scroll issued"):
+            index.scroll("acme", MODEL, SIZE, page_size=5, page_token=bad)
+    assert index.scroll("acme", MODEL, SIZE, page_size=5, page_token=token).faces, "its own token is accepted"
+    shared = [FaceIndex(index.store, MODELS, page_token_key=b"one key for replicas") for _ in range(2)]
+    token = shared[0].scroll("acme", MODEL, SIZE, page_size=5).next_token
+    assert shared[1].scroll("acme", MODEL, SIZE, page_size=5, page_token=token).faces
+
+
 def test_delete_by_ids_photo_person_and_tenant(index, gallery):
     _, _, ids = gallery
     total = PEOPLE * FACES_PER_PERSON

@@ -74,3 +74,19 @@ def test_gateway_thresholds_come_per_model_from_the_environment(monkeypatch):
     monkeypatch.setenv("FACESEARCH_GATEWAY_SIMILARITY_THRESHOLDS", '{"facenet-casia": 1.5}')
     with pytest.raises(SettingsError, match="FACESEARCH_GATEWAY_SIMILARITY_THRESHOLDS"):
         load_settings(GatewaySettings)
+
+
+@pytest.mark.parametrize(
+    "settings_cls", ["gateway.settings:GatewaySettings", "services.search.settings:SearchSettings"]
+)
+def test_page_token_keys_are_secret_and_long_enough(settings_cls, monkeypatch):
+    import importlib
+
+    module, name = settings_cls.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
+    with pytest.raises(SettingsError, match="at least 16 characters"):
+        load_settings(cls, page_token_key="short")
+    settings = load_settings(cls, page_token_key="a key of twenty chars")
+    assert "twenty" not in repr(settings), "the key is not shown in logs"
+    assert settings.page_token_key.get_secret_value() == "a key of twenty chars"

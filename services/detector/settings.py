@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from services.embedder.models import DEFAULT_MODEL
 from services.runtime.settings import ServiceSettings
 
 
@@ -38,8 +39,12 @@ class DetectorSettings(ServiceSettings):
     blur_threshold: float = Field(
         20.0, ge=0, description="Faces with a Laplacian variance below this are flagged blurred."
     )
-    crop_size: int = Field(160, ge=32, le=1024, description="Side of the aligned crop.")
-    crop_margin: float = Field(0.1, ge=0, lt=0.5, description="Context around the face in the crop.")
+    crop_size: int = Field(
+        DEFAULT_MODEL.crop.side, ge=32, le=1024, description="Side of the aligned crop (the embedding model's)."
+    )
+    crop_margin: float = Field(
+        DEFAULT_MODEL.crop.margin, ge=0, lt=0.5, description="Context around the face in the crop (the model's)."
+    )
 
     @field_validator("retry_confidences")
     @classmethod

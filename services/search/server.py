@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from facesearch.v1 import search_pb2, search_pb2_grpc
 from services.runtime.logs import configure_logging
+from services.runtime.page_tokens import key_bytes
 from services.runtime.server import GrpcServer, ServiceBinding
 from services.search.faces import FaceIndex
 from services.search.service import SearchService
@@ -28,6 +29,7 @@ def build_server(settings: SearchSettings) -> GrpcServer:
         max_query_vectors=settings.max_query_vectors,
         max_top_k=settings.max_top_k,
         max_page_size=settings.max_page_size,
+        page_token_key=key_bytes(settings.page_token_key),
     )
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
     binding = ServiceBinding(SERVICE_NAME, SearchService(index, executor), search_pb2_grpc.add_SearchServicer_to_server)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from services.embedder.models import MODELS
+from services.runtime.page_tokens import PageTokenKey
 from services.runtime.settings import ServiceSettings
 
 
@@ -23,13 +25,18 @@ class SearchSettings(ServiceSettings):
         ":memory:", description="qdrant-client local mode when no URL is set: a folder or :memory:."
     )
     models: dict[str, int] = Field(
-        {"facenet-casia": 512, "facenet-vggface2": 512},
+        {model.id: model.dimension for model in MODELS},
         description="Embedding models accepted, with their vector size.",
     )
     max_batch_points: int = Field(1024, ge=1, description="Most faces in one Upsert.")
     max_query_vectors: int = Field(64, ge=1, description="Most vectors in one Query.")
     max_top_k: int = Field(1000, ge=1, description="Largest top_k of a Query.")
     max_page_size: int = Field(1000, ge=1, description="Largest Scroll page.")
+    page_token_key: PageTokenKey = Field(
+        None,
+        description="Key signing Scroll page tokens; unset: a random one per process. "
+        "Replicas behind one address need the same key.",
+    )
     hnsw_m: int = Field(16, ge=4, description="HNSW graph degree.")
     hnsw_ef_construct: int = Field(128, ge=8, description="HNSW build-time beam width.")
     hnsw_ef: int = Field(128, ge=8, description="HNSW search-time beam width.")

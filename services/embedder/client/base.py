@@ -1,12 +1,12 @@
 """The embedding interface the rest of the suite uses, whatever runs the model.
 
-``Embedder.embed`` takes aligned face crops exactly as the detector returns them,
-uint8 N x 160 x 160 x 3 RGB, and returns ``Embeddings``: float32 N x 512 unit vectors,
-one row per crop in the same order, with the id and version of the model that made
-them. Two backends implement it: ``client.TritonEmbedder`` (a Triton Inference
-Server over gRPC) and ``inprocess.InProcessEmbedder`` (the same ONNX model run by
-ONNX Runtime in the caller's process); ``factory.create_embedder`` picks one from
-the settings.
+``Embedder.embed`` takes aligned face crops exactly as the detector returns them (the
+model contract's input, ``services.embedder.models``: uint8 N x 160 x 160 x 3 RGB for
+FaceNet) and returns ``Embeddings``: float32 N x dimension unit vectors (512 for FaceNet),
+one row per crop in the same order, with the id and version of the model that made them.
+Two backends implement it: ``triton.TritonEmbedder`` (a Triton Inference Server over
+gRPC) and ``in_process.InProcessEmbedder`` (the same ONNX model run by ONNX Runtime in
+the caller's process); ``factory.create_embedder`` picks one from the settings.
 
 Errors:
 
@@ -16,20 +16,20 @@ Errors:
   (server down, not ready after the retries, model not served, deadline exceeded).
   ``deadline`` tells a deadline apart (gRPC DEADLINE_EXCEEDED, else UNAVAILABLE).
 - ``EmbedderError``: anything else that went wrong on the model's side, such as an
-  answer that is not N unit-length 512-d vectors (gRPC INTERNAL).
+  answer that is not N unit-length vectors of the model's dimension (gRPC INTERNAL).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-CROP_SHAPE = (160, 160, 3)
-EMBEDDING_SIZE = 512
+from services.embedder.models import EmbeddingModel
+from services.runtime.deadlines import Deadline
+
 UNIT_TOLERANCE = 1e-3  # how far from 1 a vector's L2 norm may be
 
 
@@ -59,7 +59,7 @@ class ModelNotPrepared(EmbedderError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class Embeddings:
-    """``vectors``: float32 N x 512, unit L2 norm, row i for crop i (read-only).
+    """``vectors``: float32 N x dimension, unit L2 norm, row i for crop i (read-only).
     ``model_id`` and ``model_version``: the model that produced them."""
 
     vectors: np.ndarray
@@ -70,37 +70,45 @@ class Embeddings:
         return len(self.vectors)
 
 
-def validate_crops(crops: object) -> np.ndarray:
-    """Returns ``crops`` as a C-contiguous uint8 N x 160 x 160 x 3 array, or raises
-    ``EmbeddingInputError`` saying what was expected and what came."""
-    expected = "uint8 array of aligned RGB face crops, shape (N, 160, 160, 3) with N >= 1"
+def validate_crops(crops: object, model: EmbeddingModel) -> np.ndarray:
+    """Returns ``crops`` as a C-contiguous array of ``model``'s input (uint8 N x 160 x 160 x 3
+    for FaceNet), or raises ``EmbeddingInputError`` saying what was expected and what came."""
+    spec = model.input
+    dims = tuple(spec.dims)
+    expected = (
+        f"{spec.dtype} array of aligned {model.pixels.colour} face crops, "
+        f"shape (N, {', '.join(map(str, dims))}) with N >= 1"
+    )
     if not isinstance(crops, np.ndarray):
         raise EmbeddingInputError(f"crops must be a numpy {expected}; got {type(crops).__name__}")
     came = f"got {crops.dtype} array of shape {crops.shape}"
-    if crops.ndim != 4:
-        hint = " (for one crop, pass crops[None])" if crops.shape == CROP_SHAPE else ""
-        raise EmbeddingInputError(f"crops must be a {expected}; {came}: {crops.ndim} dimensions, not 4{hint}")
-    if crops.shape[1:] != CROP_SHAPE:
+    if crops.ndim != len(dims) + 1:
+        hint = " (for one crop, pass crops[None])" if crops.shape == dims else ""
+        raise EmbeddingInputError(
+            f"crops must be a {expected}; {came}: {crops.ndim} dimensions, not {len(dims) + 1}{hint}"
+        )
+    if crops.shape[1:] != dims:
         raise EmbeddingInputError(f"crops must be a {expected}; {came}")
-    if crops.dtype != np.uint8:
-        raise EmbeddingInputError(f"crops must be a {expected}; {came} (pass the detector's uint8 pixels)")
+    if crops.dtype != np.dtype(spec.dtype):
+        raise EmbeddingInputError(f"crops must be a {expected}; {came} (pass the detector's {spec.dtype} pixels)")
     if crops.shape[0] == 0:
         raise EmbeddingInputError(f"crops must be a {expected}; {came}: the batch is empty")
     return np.ascontiguousarray(crops)
 
 
-def check_vectors(vectors: object, count: int, source: str) -> np.ndarray:
-    """Returns the model's answer as float32 ``count`` x 512 unit vectors, or raises
-    ``EmbedderError`` naming ``source`` when it is not that."""
+def check_vectors(vectors: object, count: int, source: str, model: EmbeddingModel) -> np.ndarray:
+    """Returns the model's answer as ``count`` unit vectors of ``model``'s output (float32 x 512
+    for FaceNet), or raises ``EmbedderError`` naming ``source`` when it is not that."""
+    spec = model.output
     if not isinstance(vectors, np.ndarray):
         raise EmbedderError(f"{source} returned no embeddings array")
-    if vectors.shape != (count, EMBEDDING_SIZE):
+    expected = (count, *spec.dims)
+    if vectors.shape != expected:
         raise EmbedderError(
-            f"{source} returned embeddings of shape {vectors.shape} for {count} crops; "
-            f"expected ({count}, {EMBEDDING_SIZE})"
+            f"{source} returned embeddings of shape {vectors.shape} for {count} crops; expected {expected}"
         )
-    if vectors.dtype != np.float32:
-        raise EmbedderError(f"{source} returned {vectors.dtype} embeddings; expected float32")
+    if vectors.dtype != np.dtype(spec.dtype):
+        raise EmbedderError(f"{source} returned {vectors.dtype} embeddings; expected {spec.dtype}")
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         raise EmbedderError(f"{source} returned NaN or infinite embeddings for crops {np.flatnonzero(bad).tolist()}")
@@ -115,34 +123,33 @@ def check_vectors(vectors: object, count: int, source: str) -> np.ndarray:
 
 
 class Embedder(abc.ABC):
-    """Face crops in, FaceNet embeddings out. Use from one event loop; ``close`` when done
-    (or ``async with``)."""
+    """Face crops in, embeddings out. ``model`` is the contract of the served model (its
+    input and output); use from one event loop; ``close`` when done (or ``async with``)."""
 
-    def __init__(self, model_id: str, model_version: str) -> None:
+    def __init__(self, model_id: str, model_version: str, model: EmbeddingModel) -> None:
         self.model_id = model_id
         self.model_version = model_version
+        self.model = model
         self._closed = False
 
-    async def embed(self, crops: np.ndarray, *, timeout_s: float | None = None) -> Embeddings:
-        """Embeds uint8 N x 160 x 160 x 3 RGB crops; row i of the result is crop i.
+    async def embed(self, crops: np.ndarray, *, deadline: Deadline | None = None) -> Embeddings:
+        """Embeds the crops (uint8 N x 160 x 160 x 3 RGB for FaceNet); row i of the result is crop i.
 
-        ``timeout_s`` bounds the whole call (retries included); past it
+        ``deadline`` bounds the whole call (retries included); once it has passed
         ``EmbedderUnavailable(deadline=True)`` is raised. Without it each backend's own
         per-request deadline and retry limits bound the call.
         """
-        crops = validate_crops(crops)
+        crops = validate_crops(crops, self.model)
         if self._closed:
             raise EmbedderUnavailable(f"the {type(self).__name__} for {self.model_id} was closed")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         vectors = await self._embed(crops, deadline)
-        vectors = check_vectors(vectors, len(crops), self.describe())
+        vectors = check_vectors(vectors, len(crops), self.describe(), self.model)
         vectors.setflags(write=False)
         return Embeddings(vectors, self.model_id, self.model_version)
 
     @abc.abstractmethod
-    async def _embed(self, crops: np.ndarray, deadline: float | None) -> np.ndarray:
-        """The backend's N x 512 answer for valid crops; ``deadline`` is a time.monotonic()
-        value or None."""
+    async def _embed(self, crops: np.ndarray, deadline: Deadline | None) -> np.ndarray:
+        """The backend's N x dimension answer for valid crops, within ``deadline`` if any."""
 
     @abc.abstractmethod
     async def ready(self) -> bool:
@@ -160,11 +167,6 @@ class Embedder(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-def remaining_s(deadline: float | None) -> float | None:
-    """Seconds left before ``deadline`` (a time.monotonic() value); None without one."""
-    return None if deadline is None else deadline - time.monotonic()
 
 
 async def gather_all(coroutines: list) -> list:

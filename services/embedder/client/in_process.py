@@ -1,9 +1,9 @@
 """``InProcessEmbedder``: the served ONNX model run by ONNX Runtime in the caller's process.
 
 For a single machine without a Triton server. It runs the very ``model.onnx`` that
-Triton serves (same file, same CPU execution provider), so its vectors equal
-Triton's. The file is found in the model repository that ``facesearch models
-prepare`` writes::
+Triton serves in the flavour marked ``in_process`` in ``serving.flavours`` (same file, same
+CPU execution provider), so its vectors equal Triton's. The file is found in the model
+repository that ``facesearch models prepare`` writes::
 
     <model_repository>/onnx-python/<model_id>/<model_version>/model.onnx
 
@@ -22,25 +22,28 @@ import numpy as np
 import onnxruntime as ort
 
 from services.embedder.client.base import (
-    CROP_SHAPE,
-    EMBEDDING_SIZE,
     Embedder,
     EmbedderError,
     EmbedderUnavailable,
     ModelNotPrepared,
     gather_all,
-    remaining_s,
 )
-from services.embedder.serving.model_repository import model_file
+from services.embedder.serving import flavours
 from services.embedder.settings import EmbedderSettings
-
-FLAVOUR = "onnx-python"  # the model repository folder holding the ONNX models
+from services.runtime.deadlines import Deadline
 
 
 def onnx_model_path(settings: EmbedderSettings) -> Path:
     """Where ``facesearch models prepare`` puts the ONNX file of the settings' pinned model."""
-    relpath = model_file(FLAVOUR, settings.model_id, settings.model_version, "model.onnx")
+    flavour = flavours.IN_PROCESS
+    relpath = flavours.model_file(flavour.name, settings.model_id, settings.model_version, flavour.model_file_name)
     return Path(settings.model_repository) / relpath
+
+
+def _numpy_dtype(onnx_type: str) -> str:
+    """ONNX Runtime's type of a tensor ("tensor(float)") as a numpy dtype name ("float32")."""
+    name = onnx_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64"}.get(name, name)
 
 
 class InProcessEmbedder(Embedder):
@@ -51,7 +54,7 @@ class InProcessEmbedder(Embedder):
         onnx_path: str | Path | None = None,
         workers: int = 1,
     ) -> None:
-        super().__init__(settings.model_id, settings.model_version)
+        super().__init__(settings.model_id, settings.model_version, settings.model)
         self.onnx_path = Path(onnx_path) if onnx_path is not None else onnx_model_path(settings)
         self.batch_size = settings.client_batch_size
         if not self.onnx_path.is_file():
@@ -68,14 +71,15 @@ class InProcessEmbedder(Embedder):
             raise EmbedderError(f"ONNX Runtime cannot load {self.onnx_path}: {error}") from error
         [self._input, *_] = self._session.get_inputs()
         [self._output, *_] = self._session.get_outputs()
-        if self._input.type != "tensor(uint8)" or list(self._input.shape[1:]) != list(CROP_SHAPE):
-            raise EmbedderError(
-                f"{self.onnx_path} takes {self._input.type} {self._input.shape}, not uint8 crops [N, 160, 160, 3]"
-            )
-        if self._output.type != "tensor(float)" or self._output.shape[1:] != [EMBEDDING_SIZE]:
-            raise EmbedderError(
-                f"{self.onnx_path} returns {self._output.type} {self._output.shape}, not float [N, {EMBEDDING_SIZE}]"
-            )
+        for tensor, spec, what in (
+            (self._input, self.model.input, "takes"),
+            (self._output, self.model.output, "returns"),
+        ):
+            if _numpy_dtype(tensor.type) != spec.dtype or list(tensor.shape[1:]) != list(spec.dims):
+                raise EmbedderError(
+                    f"{self.onnx_path} {what} {tensor.type} {tensor.shape}, not "
+                    f"{spec.dtype} {spec.name} [N, {', '.join(map(str, spec.dims))}]"
+                )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedder-onnx")
 
     def describe(self) -> str:
@@ -87,14 +91,14 @@ class InProcessEmbedder(Embedder):
         except Exception as error:
             raise EmbedderError(f"{self.describe()} failed: {error}") from error
 
-    async def _embed(self, crops: np.ndarray, deadline: float | None) -> np.ndarray:
+    async def _embed(self, crops: np.ndarray, deadline: Deadline | None) -> np.ndarray:
         loop = asyncio.get_running_loop()
         runs = [
             loop.run_in_executor(self._executor, self._run, crops[start : start + self.batch_size])
             for start in range(0, len(crops), self.batch_size)
         ]
         try:
-            parts = await asyncio.wait_for(gather_all(runs), remaining_s(deadline))
+            parts = await asyncio.wait_for(gather_all(runs), None if deadline is None else deadline.remaining())
         except TimeoutError:
             raise EmbedderUnavailable(f"{self.describe()} did not finish within the deadline", deadline=True) from None
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

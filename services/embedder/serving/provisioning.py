@@ -14,6 +14,7 @@ flavour, each holding one model named after the weights id (``settings.model_id`
     <repo>/onnxruntime-onnx/<model_id>/<version>/model.onnx
 
 A Triton server is pointed at one flavour folder (``--model-repository <repo>/<flavour>``).
+What each flavour's folder holds and how its config.pbtxt is built is in ``flavours.py``.
 
 The weights are loaded (converted, for casia) at most once per run, and only when a model
 file has to be made; the ONNX file is exported once and copied into both flavours that
@@ -43,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.embedder.serving import model_repository
+from services.embedder.serving import flavours
+from services.embedder.serving.flavours import FLAVOURS
 from services.embedder.serving.weights import sources
 from services.embedder.serving.weights.sources import WeightsFile, WeightsSourceError, file_sha256
 
@@ -54,7 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FLAVOURS = ("onnx-python", "torch-cuda-python", "onnxruntime-onnx")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 LOCK_NAME = ".prepare.lock"
@@ -129,9 +130,6 @@ class Manifest:
         """The folder a Triton server for ``flavour`` is pointed at."""
         return self.repository / flavour
 
-    def model_folder(self, flavour: str) -> Path:
-        return self.repository / flavour / self.flavours[flavour].model
-
     def to_json(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT,
@@ -178,8 +176,8 @@ def repository_root(settings: EmbedderSettings) -> Path:
     return Path(settings.model_repository).absolute()
 
 
-def check_flavours(flavours: Iterable[str] | None) -> tuple[str, ...]:
-    chosen = tuple(dict.fromkeys(flavours)) if flavours else FLAVOURS
+def check_flavours(names: Iterable[str] | None) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(names)) if names else FLAVOURS
     unknown = [name for name in chosen if name not in FLAVOURS]
     if unknown:
         raise ProvisioningError(f"unknown flavour {', '.join(unknown)} (one of {', '.join(FLAVOURS)})")
@@ -192,7 +190,7 @@ class _Planned:
 
     relpath: str  # relative to the repository, with "/"
     content: bytes | None = None  # known bytes (configs, model.py)
-    artifact: str | None = None  # "onnx" or "torchscript": made from the weights
+    artifact: str | None = None  # one of flavours.ARTIFACTS: made from the weights
     made_from: str = CONTENT
 
 
@@ -210,7 +208,7 @@ class _Preparation:
 
     def weights(self, download: bool) -> WeightsFile | None:
         """The source weights file (downloaded first if need be and ``download``); None when
-        vggface2 is not downloaded yet and ``download`` is false."""
+        they are not downloaded yet and ``download`` is false."""
         if self._weights is None:
             settings = self.settings
             try:
@@ -218,8 +216,7 @@ class _Preparation:
                 if path is None:
                     if not download:
                         return None
-                    log.info("downloading the vggface2 weights from %s", sources.VGGFACE2_URL)
-                    path = sources.download_vggface2()
+                    path = sources.download(settings.weights)
                 self._weights = WeightsFile(settings.weights, path.absolute(), file_sha256(path))
             except WeightsSourceError as error:
                 raise ProvisioningError(str(error)) from None
@@ -239,42 +236,20 @@ class _Preparation:
 
     # --- what each flavour holds ------------------------------------------------------------
 
-    def plan(self, flavour: str, weights: WeightsFile) -> tuple[FlavourEntry, list[_Planned]]:
+    def plan(self, name: str, weights: WeightsFile) -> tuple[FlavourEntry, list[_Planned]]:
         s = self.settings
-        batching = {
-            "max_batch_size": s.max_batch_size,
-            "preferred_batch_sizes": list(s.preferred_batch_sizes),
-            "max_queue_delay_us": s.max_queue_delay_us,
-            "instances": s.instances,
-        }
-        if flavour == "onnx-python":
-            options = {**batching, "intra_op_threads": s.intra_op_threads}
-            config = model_repository.model_config(s.model_id, **options)
-            files = [("model.py", model_repository.PYTHON_MODEL.read_bytes()), ("model.onnx", "onnx")]
-        elif flavour == "torch-cuda-python":
-            options = {
-                **batching,
-                "device": s.torch_device,
-                "precision": s.precision,
-                "intra_op_threads": s.intra_op_threads,
-            }
-            config = model_repository.torch_python_config(s.model_id, **options)
-            files = [("model.py", model_repository.TORCH_PYTHON_MODEL.read_bytes()), ("model.pt", "torchscript")]
-        elif flavour == "onnxruntime-onnx":
-            options = {**batching, "precision": s.precision}
-            config = model_repository.onnxruntime_config(s.model_id, **options)
-            files = [("model.onnx", "onnx")]
-        else:  # check_flavours keeps this out
-            raise ProvisioningError(f"unknown flavour {flavour}")
-
-        folder = f"{flavour}/{s.model_id}"
-        planned = [_Planned(f"{folder}/config.pbtxt", content=config.encode())]
-        for name, made in files:
-            relpath = model_repository.model_file(flavour, s.model_id, s.model_version, name)
-            if isinstance(made, bytes):
-                planned.append(_Planned(relpath, content=made))
+        flavour = flavours.get(name)
+        options = flavour.option_values(s)
+        config = flavours.config_text(flavour.model_config(s.model_id, options, s.model))
+        planned = [_Planned(f"{name}/{s.model_id}/config.pbtxt", content=config.encode())]
+        for file in flavour.files:
+            relpath = flavours.model_file(name, s.model_id, s.model_version, file.name)
+            if file.source_path is not None:
+                planned.append(_Planned(relpath, content=file.source_path.read_bytes()))
             else:
-                planned.append(_Planned(relpath, artifact=made, made_from=_fingerprint(made, weights)))
+                planned.append(
+                    _Planned(relpath, artifact=file.artifact, made_from=_fingerprint(file.artifact, weights))
+                )
         entry = FlavourEntry(
             model=s.model_id,
             version=s.model_version,
@@ -402,7 +377,7 @@ class _Preparation:
     def _export(self, artifact: str | None, path: Path) -> None:
         from services.embedder.serving.weights.onnx_export import ServedFaceNet, export_onnx, export_torchscript
 
-        served = ServedFaceNet(self.network())
+        served = ServedFaceNet(self.network(), self.settings.model)
         if artifact == "onnx":
             log.info("exporting the ONNX model")
             export_onnx(served, path)

@@ -2,10 +2,11 @@
 model repository if needed, then run Triton on it until SIGTERM or Ctrl-C.
 
 Triton is the ``tritonserver`` bundled in the nvidia-pytriton wheel (``triton_server.py``),
-which has the python backend only: it serves ``onnx-python`` (CPU) and ``torch-cuda-python``
-(a CUDA GPU, or the CPU with ``torch_device = "cpu"``). ``onnxruntime-onnx`` needs a Triton
-with the onnxruntime backend (NVIDIA's container images): prepare it here with
-``facesearch models prepare`` and point that server at ``<model_repository>/onnxruntime-onnx``.
+which has the python backend only: it serves the flavours whose backend is ``python``
+(``flavours.py``: ``onnx-python`` on the CPU, ``torch-cuda-python`` on a CUDA GPU or, with
+``torch_device = "cpu"``, the CPU). ``onnxruntime-onnx`` needs a Triton with the onnxruntime
+backend (NVIDIA's container images): prepare it here with ``facesearch models prepare`` and
+point that server at ``<model_repository>/onnxruntime-onnx``.
 
 Preparing runs in a child process (spawned, only when something is missing or stale), so
 that this long-lived process never imports torch and keeps little memory beside Triton.
@@ -23,6 +24,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+from services.embedder.serving import flavours
 from services.embedder.serving.provisioning import (
     Manifest,
     ProvisioningError,
@@ -41,9 +43,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_SETTINGS = 2
 
-# The Triton backend each flavour's model needs.
-FLAVOUR_BACKENDS = {"onnx-python": "python", "torch-cuda-python": "python", "onnxruntime-onnx": "onnxruntime"}
-
 
 class _Stopped(BaseException):
     """SIGTERM or SIGINT before Triton was ready."""
@@ -56,14 +55,17 @@ def bundled_backends() -> set[str]:
 
 
 def check_servable(settings: EmbedderSettings) -> None:
-    backend = FLAVOUR_BACKENDS[settings.flavour]
-    if backend not in bundled_backends():
+    """Raises ProvisioningError when the bundled tritonserver lacks the flavour's backend."""
+    backends = bundled_backends()
+    backend = flavours.get(settings.flavour).backend
+    if backend not in backends:
+        servable = [flavour.name for flavour in flavours.FLAVOUR_TABLE if flavour.backend in backends]
         raise ProvisioningError(
             f"the {settings.flavour} flavour needs Triton's {backend} backend, which the tritonserver bundled "
-            f"here (python backend only) does not have. Run `facesearch models prepare --flavour "
-            f"{settings.flavour}` and serve {settings.model_repository}/{settings.flavour} with NVIDIA's Triton "
-            "image (tritonserver --model-repository ...), or choose FACESEARCH_EMBEDDER_FLAVOUR=onnx-python "
-            "or torch-cuda-python"
+            f"here ({', '.join(sorted(backends))} backend only) does not have. Run `facesearch models prepare "
+            f"--flavour {settings.flavour}` and serve {settings.model_repository}/{settings.flavour} with NVIDIA's "
+            "Triton image (tritonserver --model-repository ...), or choose FACESEARCH_EMBEDDER_FLAVOUR="
+            + " or ".join(servable)
         )
 
 

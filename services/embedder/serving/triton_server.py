@@ -32,19 +32,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
 import sysconfig
-import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
-
 from services.runtime.ports import free_port
+from services.runtime.processes import ChildProcess
+from services.runtime.readiness import ExitedEarly, NotReady, triton_ready, wait_until_ready
 
 
 class TritonError(RuntimeError):
@@ -95,9 +90,10 @@ def prepare_backends(target: str | Path) -> Path:
     return target
 
 
-def triton_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment tritonserver and its python-backend stubs need (see module doc)."""
-    env = dict(os.environ if base is None else base)
+def triton_environment() -> dict[str, str]:
+    """This process's environment plus what tritonserver and its python-backend stubs need
+    (see the module docstring)."""
+    env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR")
     libpython = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
     if not (libdir and libpython and (Path(libdir) / libpython).exists()):
@@ -119,9 +115,11 @@ class TritonServer:
     """A ``tritonserver`` child process serving ``model_repository``.
 
     Ports of 0 are replaced by free ones at ``start``; a ``metrics_port`` of None turns
-    Triton's metrics off. Everything Triton writes (its log
-    and the stubs' output) goes to ``<work_dir>/triton.log``; the backend directory is
-    built in ``<work_dir>/backends``.
+    Triton's metrics off. Everything Triton writes (its log and the stubs' output) goes to
+    ``<work_dir>/triton.log``; the backend directory is built in ``<work_dir>/backends``.
+    The process is a ``services.runtime.processes.ChildProcess`` (``process``, once started):
+    its own process group, stopped with SIGTERM then SIGKILL, also when this object is
+    collected or Python exits without ``stop``.
     """
 
     def __init__(
@@ -147,8 +145,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.extra_args = list(extra_args)
         self.log_path = self.work_dir / "triton.log"
-        self.process: subprocess.Popen | None = None
-        self._finalizer: weakref.finalize | None = None
+        self.process: ChildProcess | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -204,100 +201,55 @@ class TritonServer:
             while len({self.grpc_port, self.http_port, self.metrics_port}) < 3:
                 self.metrics_port = free_port(self.host)
 
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                env=triton_environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stubs included in a final kill
-            )
-        # Stopped also when this object is collected or Python exits without stop().
-        self._finalizer = weakref.finalize(self, _terminate, self.process, self.stop_timeout_s)
+        self.process = ChildProcess(
+            "tritonserver",
+            self.command(),
+            env=triton_environment(),
+            log_path=self.log_path,
+            stop_timeout_s=self.stop_timeout_s,
+        ).start()
         try:
-            self._wait_ready()
+            wait_until_ready(
+                triton_ready(self.grpc_url),
+                self.startup_timeout_s,
+                what=f"tritonserver at {self.grpc_url}",
+                process=self.process,
+                details=self.log_tail,
+            )
+        except (ExitedEarly, NotReady) as error:
+            self.stop()
+            raise TritonError(str(error)) from None
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        wait_until_ready(self.grpc_url, self.startup_timeout_s, process=self.process, log_tail=self.log_tail)
+    def restart(self) -> TritonServer:
+        """Stops it if it runs, then starts it again on the same ports."""
+        self.stop()
+        self.process = None
+        return self.start()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL to its process group after ``stop_timeout_s``."""
-        if self._finalizer is not None:
-            self._finalizer()
+        if self.process is not None:
+            self.process.stop()
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.running
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return f"(no log at {self.log_path})"
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"--- last lines of {self.log_path} ---\n{tail}"
+        """The last lines of Triton's log, for error messages."""
+        if self.process is None:
+            return f"(tritonserver not started; its log would be {self.log_path})"
+        return self.process.log_tail(lines)
 
     def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def wait_until_ready(
-    url: str,
-    timeout_s: float,
-    models: Sequence[str] | None = None,
-    *,
-    process: subprocess.Popen | None = None,
-    log_tail: Callable[[], str] | None = None,
-    process_name: str = "tritonserver",
-) -> None:
-    """Polls the Triton server at ``url`` (gRPC) until it is ready and so is every model in
-    ``models`` (default: every model in its repository index). Raises TritonError when
-    ``process`` (the server, or whatever runs it: ``process_name``) exits first or the time
-    runs out; ``log_tail`` gives text to add to the error."""
-    deadline = time.monotonic() + timeout_s
-    tail = (lambda: "\n" + log_tail()) if log_tail else (lambda: "")
-    with grpcclient.InferenceServerClient(url) as client:
-        while True:
-            code = None if process is None else process.poll()
-            if code is not None:
-                raise TritonError(f"{process_name} exited with code {code} while starting{tail()}")
-            try:
-                if client.is_server_ready(client_timeout=2.0) and _models_ready(client, models):
-                    return
-            except InferenceServerException:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise TritonError(f"tritonserver at {url} was not ready within {timeout_s:g} s{tail()}")
-            time.sleep(0.1)
-
-
-def _models_ready(client: grpcclient.InferenceServerClient, models: Sequence[str] | None) -> bool:
-    if models is None:
-        index = client.get_model_repository_index(client_timeout=2.0)
-        models = [model.name for model in index.models]
-    return all(client.is_model_ready(name, client_timeout=2.0) for name in models)
-
-
-def _terminate(process: subprocess.Popen, timeout_s: float) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(5)
 
 
 def _symlink(source: Path, link: Path) -> None:

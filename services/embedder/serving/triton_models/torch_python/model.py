@@ -2,16 +2,20 @@
 precision by default (the ``torch-cuda-python`` flavour).
 
 It is meant for GPU machines that have torch but neither ONNX Runtime GPU nor TensorRT.
-This file is not imported by facesearch itself: ``services.embedder.serving.provisioning`` copies
-it into the model repository as ``<repo>/torch-cuda-python/<model>/<version>/model.py``,
-beside ``model.pt`` (``weights.onnx_export.export_torchscript``: ServedFaceNet traced on
-the CPU in float32), and Triton's python-backend stub process runs it.
+This file is not imported by facesearch itself, and cannot import it:
+``services.embedder.serving.provisioning`` copies it into the model repository as
+``<repo>/torch-cuda-python/<model>/<version>/model.py``, beside ``model.pt``
+(``weights.onnx_export.export_torchscript``: ServedFaceNet traced on the CPU in float32), and
+Triton's python-backend stub process runs it.
 
-Contract (the config.pbtxt written by ``model_repository.torch_python_config``):
+Contract: the config.pbtxt that provisioning builds from the model contract
+(``services.embedder.models``; the ``torch-cuda-python`` flavour of ``flavours.py``), which
+Triton hands to ``initialize`` as ``args["model_config"]`` (JSON):
 
-- input ``crops``: UINT8, dims [160, 160, 3] (aligned RGB face crops), batched;
-- output ``embeddings``: FP32, dims [512], unit vectors, one row per crop, whatever the
-  precision the network ran in;
+- its one input (for FaceNet ``crops``: UINT8, dims [160, 160, 3], aligned RGB face crops)
+  and one output (``embeddings``: FP32, dims [512], unit vectors, one row per crop, whatever
+  the precision the network ran in), batched: names, data types and dimensions are read
+  from the config, never repeated here;
 - parameter ``device`` (string, default "cuda"): ``cuda`` runs each model instance on the
   GPU Triton gives it (``instance_group { kind: KIND_GPU }``); ``cpu`` on the CPU
   (``KIND_CPU``), which is how the tests run this very file on machines without a GPU;
@@ -33,14 +37,36 @@ import json
 import os
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
 
-INPUT_NAME = "crops"
-OUTPUT_NAME = "embeddings"
 DEVICES = ("cuda", "cpu")
 PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+class TensorConfig:
+    """One tensor of the model's config: name, torch dtype, dimensions of one batch item."""
+
+    def __init__(self, entry: dict) -> None:
+        self.name = entry["name"]
+        self.dtype = getattr(torch, np.dtype(pb_utils.triton_string_to_numpy(entry["data_type"])).name)
+        self.dims = tuple(int(dim) for dim in entry["dims"])
+
+    def check(self, tensor: torch.Tensor) -> None:
+        """Raises ValueError unless ``tensor`` is a batch of this tensor."""
+        if tensor.dtype != self.dtype or tuple(tensor.shape[1:]) != self.dims:
+            raise ValueError(
+                f"'{self.name}' must be {self.dtype} [N, {', '.join(map(str, self.dims))}], "
+                f"got {tensor.dtype} {list(tensor.shape)}"
+            )
+
+
+def only(entries: list, what: str) -> dict:
+    if len(entries) != 1:
+        raise ValueError(f"the model config must have one {what}, not {len(entries)}")
+    return entries[0]
 
 
 def parameter(config: dict, key: str, default: str) -> str:
@@ -72,7 +98,8 @@ def load_module(path: str, device: torch.device, precision: str) -> torch.jit.Sc
 
 
 def embed(module: torch.jit.ScriptModule, crops: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 N x 160 x 160 x 3 crops (any device) -> float32 N x 512 unit rows on the CPU."""
+    """A batch of crops (for FaceNet uint8 N x 160 x 160 x 3, any device) -> float32 unit rows
+    (N x 512) on the CPU."""
     # optimized_execution(False): the plain TorchScript interpreter, without the profiling
     # executor's re-specialisation for every new batch size.
     with torch.inference_mode(), torch.jit.optimized_execution(False):
@@ -84,6 +111,8 @@ def embed(module: torch.jit.ScriptModule, crops: torch.Tensor, device: torch.dev
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
+        self.input = TensorConfig(only(config.get("input", []), "input"))
+        self.output = TensorConfig(only(config.get("output", []), "output"))
         threads = int(parameter(config, "intra_op_num_threads", "1"))
         precision = parameter(config, "precision", "fp16")
         torch.set_num_threads(threads)
@@ -93,7 +122,7 @@ class TritonPythonModel:
         self.path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.module = load_module(self.path, self.device, precision)
         # One small batch first, so that the first request does not pay for lazy initialisation.
-        embed(self.module, torch.zeros(1, 160, 160, 3, dtype=torch.uint8), self.device)
+        embed(self.module, torch.zeros(1, *self.input.dims, dtype=self.input.dtype), self.device)
         pb_utils.Logger.log_info(
             f"{args['model_name']} ({args['model_instance_name']}): {self.path} with torch {torch.__version__} "
             f"on {self.device} in {precision}, {threads} CPU thread(s)"
@@ -106,12 +135,11 @@ class TritonPythonModel:
 
         for index, request in enumerate(requests):
             try:
-                tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+                tensor = pb_utils.get_input_tensor_by_name(request, self.input.name)
                 if tensor is None:
-                    raise ValueError(f"input '{INPUT_NAME}' is missing")
+                    raise ValueError(f"input '{self.input.name}' is missing")
                 crops = torch.from_dlpack(tensor)  # zero-copy view of the request's input
-                if crops.dtype != torch.uint8 or crops.ndim != 4:
-                    raise ValueError(f"'{INPUT_NAME}' must be uint8 [N,H,W,C], got {crops.dtype} {list(crops.shape)}")
+                self.input.check(crops)
                 batches.append(crops)
                 owners.append(index)
             except Exception as error:  # noqa: BLE001 - reported to that request's client
@@ -120,13 +148,14 @@ class TritonPythonModel:
         if batches:
             try:
                 batch = batches[0] if len(batches) == 1 else torch.cat(batches)
-                rows = embed(self.module, batch, self.device)
+                rows = embed(self.module, batch, self.device).to(self.output.dtype)
                 if rows.shape[0] != batch.shape[0]:
                     raise RuntimeError(f"model returned {rows.shape[0]} rows for {batch.shape[0]} crops")
+                self.output.check(rows)
                 parts = torch.split(rows, [crops.shape[0] for crops in batches])
                 for index, part in zip(owners, parts):
                     responses[index] = pb_utils.InferenceResponse(
-                        output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT_NAME, part.contiguous())]
+                        output_tensors=[pb_utils.Tensor.from_dlpack(self.output.name, part.contiguous())]
                     )
             except Exception as error:  # noqa: BLE001 - the whole batch failed
                 for index in owners:
