@@ -28,11 +28,11 @@ from services.embedder.models import FACENET_CASIA
 from services.embedder.serving.weights.facenet_casia import (
     GRAPH_SHA256,
     default_graph_path,
-    graph_sha256,
     load_casia_facenet,
 )
 from services.embedder.serving.weights.graphdef import WeightsError, parse_graphdef, read_graphdef
 from services.embedder.serving.weights.onnx_export import ServedFaceNet, export_onnx
+from services.embedder.serving.weights.sources import file_sha256
 from tests.conftest import photo_bytes
 
 CROP_SIZE = FACENET_CASIA.crop.side
@@ -105,7 +105,7 @@ def standardized(crops: np.ndarray) -> np.ndarray:
 
 
 def test_graph_file_is_the_known_release(graph_path: Path) -> None:
-    assert graph_sha256(graph_path) == GRAPH_SHA256
+    assert file_sha256(graph_path) == GRAPH_SHA256
 
 
 def test_converted_model_matches_frozen_graph_run_by_opencv(graph_path, network, faces) -> None:

@@ -37,10 +37,6 @@ class Deadline:
         """Seconds left; zero or less once it has passed."""
         return self.at - time.monotonic()
 
-    @property
-    def passed(self) -> bool:
-        return self.remaining() <= 0
-
     def check(self, what: str) -> float:
         """The seconds left for ``what``; raises ``DeadlineExceeded`` when none are."""
         left = self.remaining()
@@ -52,11 +48,3 @@ class Deadline:
         """The timeout to give one call: what is left, at most ``limit_s``."""
         left = max(0.0, self.remaining())
         return left if limit_s is None else min(left, limit_s)
-
-
-def earliest(deadline: Deadline | None, seconds: float | None) -> Deadline | None:
-    """The earlier of a deadline and one ``seconds`` from now (either may be None)."""
-    if seconds is None:
-        return deadline
-    other = Deadline.after(seconds)
-    return other if deadline is None or other.at < deadline.at else deadline

