@@ -9,19 +9,23 @@ data folder's labels.json) with the same torch thread count:
   at a time at full size, decoding included; faces with probability >= the
   facesearch default confidence are counted.
 
-Model loading and one warm-up call are not timed, for either way. Results go to
+Model loading and one warm-up call are not timed, for either way. The detector's
+settings are read from the server that ran; the machine's load is measured over the run
+and over each way (``bench.report.LoadMeter``). Before each timed part the benchmark
+waits (``--quiet-wait-s`` at most) until other processes use at most ``--quiet-percent``
+of the CPU, and a part they disturbed anyway is measured again (``--attempts``; the
+least disturbed try counts, every try is recorded). Results go to
 bench/results/detector_throughput.{json,md}.
 
     python -m bench.detector_throughput [--batch-size 8] [--threads 2] [--repeat 1]
+    python -m bench.detector_throughput --render bench/results/detector_throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +34,28 @@ import grpc
 import numpy as np
 import torch
 
+from bench.report import (
+    DEFAULT_DATA,
+    RESULTS,
+    LoadMeter,
+    add_quiet_options,
+    least_disturbed,
+    load_line,
+    machine_facts,
+    machine_line,
+    meter_for,
+    phase_line,
+    quiet_remark,
+    render_again,
+    settings_of,
+    write_results,
+)
 from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector.server import build_server
 from services.detector.settings import DetectorSettings
 from services.runtime.background import BackgroundServer
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path(os.environ.get("FACESEARCH_TEST_DATA", REPO.parent / "shared" / "data"))
-RESULTS = REPO / "bench" / "results"
+NAME = "detector_throughput"
 TARGET_SPEEDUP = 2.0
 SAME_FACE_IOU = 0.5  # a facesearch box and a naive box this similar are the same face
 
@@ -57,10 +75,14 @@ class Photo:
 
 @dataclass
 class Run:
-    """What one way found: seconds for all passes, boxes per photo of the last pass."""
+    """What one way found: seconds for all passes, boxes per photo of the last pass, the
+    machine's load while it ran, and the settings it ran with."""
 
     seconds: float
     boxes: dict[str, np.ndarray | None]  # photo key -> N x 4 boxes; None when the photo failed
+    load: dict
+    settings: dict
+    tries: dict  # the wait for a quiet machine and the tries (``least_disturbed``)
 
     def count(self, key: str) -> int | None:
         boxes = self.boxes[key]
@@ -76,23 +98,38 @@ def load_photos(data: Path) -> list[Photo]:
     ]
 
 
-def run_facesearch(photos: list[Photo], settings: DetectorSettings, batch_size: int, repeat: int) -> Run:
+def run_facesearch(
+    photos: list[Photo], settings: DetectorSettings, batch_size: int, repeat: int, meter: LoadMeter
+) -> Run:
     server = BackgroundServer(build_server(settings))
+    used = settings_of(server.server.settings)
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     try:
         with grpc.insecure_channel(server.address, options=options) as channel:
             stub = detector_pb2_grpc.DetectorStub(channel)
             smallest = min(photos, key=lambda p: len(p.content))
             detect_batch(stub, [smallest])  # warm-up, not timed
-            boxes: dict[str, np.ndarray | None] = {}
-            start = time.perf_counter()
-            for _ in range(repeat):
-                for i in range(0, len(photos), batch_size):
-                    boxes.update(detect_batch(stub, photos[i : i + batch_size]))
-            seconds = time.perf_counter() - start
+
+            def once() -> dict:
+                boxes: dict[str, np.ndarray | None] = {}
+                quiet = meter.settle()
+                before = meter.reading()
+                start = time.perf_counter()
+                for _ in range(repeat):
+                    for i in range(0, len(photos), batch_size):
+                        boxes.update(detect_batch(stub, photos[i : i + batch_size]))
+                seconds = time.perf_counter() - start
+                return {
+                    "seconds": seconds,
+                    "boxes": boxes,
+                    "load": meter.usage(before, meter.reading()),
+                    "quiet": quiet,
+                }
+
+            kept = least_disturbed(meter, once)
     finally:
         server.stop(0)
-    return Run(seconds, boxes)
+    return Run(kept["seconds"], kept["boxes"], kept["load"], {**used, "detect_batch_size": batch_size}, kept)
 
 
 def detect_batch(stub: detector_pb2_grpc.DetectorStub, photos: list[Photo]) -> dict[str, np.ndarray | None]:
@@ -111,7 +148,7 @@ def detect_batch(stub: detector_pb2_grpc.DetectorStub, photos: list[Photo]) -> d
     return found
 
 
-def run_naive(photos: list[Photo], threads: int, confidence: float, repeat: int) -> Run:
+def run_naive(photos: list[Photo], threads: int, confidence: float, repeat: int, meter: LoadMeter) -> Run:
     """What a user would write: MTCNN on each full-size photo, one at a time."""
     from facenet_pytorch import MTCNN
     from PIL import Image, ImageOps
@@ -128,12 +165,21 @@ def run_naive(photos: list[Photo], threads: int, confidence: float, repeat: int)
         return np.asarray(boxes, dtype=float)[np.asarray(probs, dtype=float) >= confidence]
 
     detect(min(photos, key=lambda p: len(p.content)).path)  # warm-up, not timed
-    boxes: dict[str, np.ndarray | None] = {}
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for photo in photos:
-            boxes[photo.key] = detect(photo.path)
-    return Run(time.perf_counter() - start, boxes)
+
+    def once() -> dict:
+        boxes: dict[str, np.ndarray | None] = {}
+        quiet = meter.settle()
+        before = meter.reading()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            for photo in photos:
+                boxes[photo.key] = detect(photo.path)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "boxes": boxes, "load": meter.usage(before, meter.reading()), "quiet": quiet}
+
+    kept = least_disturbed(meter, once)
+    settings = {"mtcnn": "MTCNN(keep_all=True, device='cpu')", "torch_threads": threads, "min_probability": confidence}
+    return Run(kept["seconds"], kept["boxes"], kept["load"], settings, kept)
 
 
 def same_faces(a: np.ndarray | None, b: np.ndarray | None) -> int:
@@ -156,7 +202,15 @@ def same_faces(a: np.ndarray | None, b: np.ndarray | None) -> int:
     return matched
 
 
-def summarize(photos: list[Photo], fast: Run, naive: Run, args: argparse.Namespace, confidence: float) -> dict:
+def summarize(
+    photos: list[Photo],
+    fast: Run,
+    naive: Run,
+    args: argparse.Namespace,
+    confidence: float,
+    load: dict,
+    quiet_percent: float | None,
+) -> dict:
     n = len(photos) * args.repeat
     per_photo = [
         {
@@ -172,12 +226,14 @@ def summarize(photos: list[Photo], fast: Run, naive: Run, args: argparse.Namespa
     no_worse = sum(found_as_well(r) for r in per_photo)
     speedup = (n / fast.seconds) / (n / naive.seconds)
     return {
-        "benchmark": "detector_throughput",
+        "benchmark": NAME,
+        "command": " ".join(["python -m bench.detector_throughput", *sys.argv[1:]]),
         "photos": len(photos),
         "repeat": args.repeat,
         "photos_timed": n,
         "batch_size": args.batch_size,
         "torch_threads": args.threads,
+        "quiet_percent": quiet_percent,
         "confidence": confidence,
         "labelled_faces": sum(p.labelled_faces for p in photos),
         "facesearch": way_summary(fast, per_photo, "facesearch", n),
@@ -189,14 +245,10 @@ def summarize(photos: list[Photo], fast: Run, naive: Run, args: argparse.Namespa
         "target": f">= {TARGET_SPEEDUP}x photos/s with the same faces found: on no photo is the "
         "facesearch count further from labels.json than the naive count",
         "target_met": speedup >= TARGET_SPEEDUP and no_worse == len(photos),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        },
+        "facesearch_settings": fast.settings,
+        "naive_settings": naive.settings,
+        "load": load,
+        "machine": machine_facts(["torch", "facenet-pytorch", "numpy", "grpcio"]),
         "per_photo": per_photo,
     }
 
@@ -212,6 +264,9 @@ def found_as_well(row: dict) -> bool:
 
 def way_summary(run: Run, per_photo: list[dict], way: str, n: int) -> dict:
     return {
+        "load": run.load,
+        "quiet": run.tries["quiet"],
+        "attempts": run.tries["attempts"],
         "seconds": round(run.seconds, 2),
         "photos_per_s": round(n / run.seconds, 3),
         "faces_found": sum(r[way] or 0 for r in per_photo),
@@ -223,11 +278,24 @@ def way_summary(run: Run, per_photo: list[dict], way: str, n: int) -> dict:
 def markdown(result: dict) -> str:
     fast, naive, m = result["facesearch"], result["naive"], result["machine"]
     photos = result["photos"]
+    d = result["facesearch_settings"]
     lines = [
         "# Detector throughput",
         "",
-        f"{photos} photos x {result['repeat']} pass(es), {m['date']}, {m['cpu_count']} CPUs, "
-        f"torch {m['torch']} ({result['torch_threads']} threads), {m['platform']}.",
+        machine_line(m),
+        "",
+        load_line(result["load"]),
+        "",
+        quiet_remark([fast, naive], result.get("quiet_percent")),
+        "",
+        f"- {phase_line('facesearch', fast['load'])}.",
+        f"- {phase_line('naive', naive['load'])}.",
+        "",
+        f"Command: `{result['command']}`. {photos} photos x {result['repeat']} pass(es), "
+        f"{result['torch_threads']} torch threads for both ways. The detector as its server ran: backend "
+        f"{d['backend']} on {d['device']}, torch_threads {d['torch_threads']}, workers {d['workers']}, max_side "
+        f"{d['max_side']}, min_confidence {d['min_confidence']}, retry_confidences {d['retry_confidences']}, "
+        f"min_face_size {d['min_face_size']}; DetectBatch of {d['detect_batch_size']} photos.",
         "",
         "| way | seconds | photos/s | faces found | photos matching labels |",
         "|---|---:|---:|---:|---:|",
@@ -261,24 +329,31 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="photos per DetectBatch call")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both ways")
     parser.add_argument("--repeat", type=int, default=1, help="passes over the photo set")
+    parser.add_argument("--workers", type=int, default=2, help="detections the server runs at the same time")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    add_quiet_options(parser, wait_s=30.0)
+    parser.add_argument("--render", type=Path, help="only rewrite the markdown beside this results JSON file")
     args = parser.parse_args()
 
-    photos = load_photos(args.data)
-    settings = DetectorSettings(port=0, torch_threads=args.threads, workers=2)
-    print(f"{len(photos)} photos from {args.data}, {args.repeat} pass(es), {args.threads} torch threads")
-    fast = run_facesearch(photos, settings, args.batch_size, args.repeat)
-    print(f"facesearch: {fast.seconds:.1f} s")
-    naive = run_naive(photos, args.threads, settings.min_confidence, args.repeat)
-    print(f"naive:      {naive.seconds:.1f} s")
+    if args.render:
+        print(f"rewrote {render_again(args.render, markdown)}")
+        return
 
-    result = summarize(photos, fast, naive, args, settings.min_confidence)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "detector_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / "detector_throughput.md").write_text(report)
-    print(report)
-    print(f"results: {args.out / 'detector_throughput.json'}, {args.out / 'detector_throughput.md'}")
+    meter = meter_for(args)
+    photos = load_photos(args.data)
+    settings = DetectorSettings(port=0, torch_threads=args.threads, workers=args.workers)
+    print(f"{len(photos)} photos from {args.data}, {args.repeat} pass(es), {args.threads} torch threads")
+    fast = run_facesearch(photos, settings, args.batch_size, args.repeat, meter)
+    print(f"facesearch: {fast.seconds:.1f} s")
+    naive = run_naive(photos, args.threads, settings.min_confidence, args.repeat, meter)
+    print(f"naive:      {naive.seconds:.1f} s")
+    load = meter.summary()
+    meter.stop()
+
+    result = summarize(photos, fast, naive, args, settings.min_confidence, load, meter.quiet_percent)
+    json_path, md_path = write_results(args.out, NAME, result, markdown)
+    print(md_path.read_text())
+    print(f"results: {json_path}, {md_path}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Embedder throughput: FaceNet served by Triton with dynamic batching against one-at-a-time torch, faces per second.
+"""Embedder throughput: FaceNet served by Triton with dynamic batching against one crop at a time in-process, faces/s.
 
 Everything runs on this machine, in this order:
 
@@ -7,43 +7,48 @@ Everything runs on this machine, in this order:
    repeated to ``--faces`` faces.
 2. Models: ``prepare_models`` (the project's provisioning) writes the ``--flavour`` model
    repository into a temporary folder (or ``--repository``).
-3. Serving configuration: each ``--configs`` candidate (instances, intra-op threads,
-   dynamic-batching queue delay) is served by a real Triton (the project's ``TritonServer``,
-   free ports) and measured briefly at the highest concurrency; the fastest is kept (of
-   those within 5% of it, the one with the shortest queue delay). A single candidate
-   skips this.
-Then ``--passes`` passes (default 2), each measuring 4 to 6 once, on one Triton server:
+3. Tuning: each ``--configs`` candidate (instances, intra-op threads, dynamic-batching
+   queue delay, with ``--max-batch-size`` and ``--preferred``) is served by a real Triton
+   (the project's ``TritonServer``, free ports) and measured briefly at the highest
+   concurrency; the fastest is kept (of those within 5% of it, the one with the shortest
+   queue delay). ``--configs none`` skips tuning.
 
-4. Triton, with the chosen configuration, at each ``--concurrency`` level over all the
-   faces: that many requests in flight at once, each of
-   ``--faces-per-request`` faces (default one: what many concurrent gateway calls look
-   like), sent with the project's async ``TritonEmbedder`` (``create_embedder``).
-   Faces/s end to end (gRPC, the python backend, the model), p50/p99 request latency, and
-   Triton's own statistics over the timed part (executions vs inferences: the average
-   batch the dynamic batcher formed; its batch-size histogram; queue and compute times).
-5. Baseline (Triton idle): one-at-a-time in-process torch, ``load_casia_facenet()`` wrapped in
-   ``ServedFaceNet``, one crop per forward call, ``torch.set_num_threads(--threads)``; on the
-   CPU also with one thread, and the target is judged against the faster of the two (on a
-   busy 2-core machine torch's two OpenMP threads can be several times slower than one).
-6. References (not part of the target): the served model alone, without a server, at
-   ``--model-batch`` crops per run (onnx-python: ONNX Runtime through the project's
-   ``InProcessEmbedder``, with the chosen configuration's threads; torch-cuda-python: the
-   TorchScript model.pt on the GPU, input already on the device, synchronised); on the
-   CPU also ONNX Runtime one crop per run, which separates what batching gains from what
-   ONNX Runtime gains over torch.
+Then ``--passes`` passes (default 2), each measuring everything once:
 
-Warm-up calls are not timed. Results go to bench/results/<name>.{json,md}; the name is
+4. Triton in two configurations, one after the other, each on a server of its own:
+   the **shipped default** (the serving fields of ``EmbedderSettings`` as they ship) and
+   the **tuned** one chosen in 3. Each at every ``--concurrency`` level over all the
+   faces: that many requests in flight at once, each of ``--faces-per-request`` faces
+   (default one: what many concurrent gateway calls look like), sent with the project's
+   async ``TritonEmbedder`` (``create_embedder``). Faces/s end to end (gRPC, the python
+   backend, the model), p50/p99 request latency, and Triton's own statistics over the
+   timed part (the average batch the dynamic batcher formed, its batch-size histogram,
+   queue and compute times). What each server runs is read back from it
+   (``get_model_config``).
+5. The naive alternatives (Triton stopped), one crop per call, in this process: torch
+   (``load_casia_facenet()`` wrapped in ``ServedFaceNet``, the network Triton serves), and
+   ONNX Runtime on the served model.onnx (a plain ``InferenceSession``; CPU only), each
+   with ``--threads`` threads and with one, the faster of the two counting.
+6. A reference: the model alone, without a server, ``--model-batch`` crops per run (ONNX
+   Runtime on the CPU; the TorchScript model.pt on the GPU flavour's device).
+
+Speed-ups are reported for both Triton configurations against both naive alternatives.
+Warm-up calls are not timed. The machine's load is measured over the run and over each
+measurement (``bench.report.LoadMeter``). Before each timed part the benchmark waits
+(``--quiet-wait-s`` at most) until other processes use at most ``--quiet-percent`` of
+the CPU, and a part they disturbed anyway is measured again (``--attempts``; the least
+disturbed try counts, every try is recorded). Odd passes measure Triton first, even
+passes the naive ways first. Results go to bench/results/<name>.{json,md}; the name is
 ``embedder_throughput`` for onnx-python and ``embedder_throughput_<flavour>`` otherwise.
 
 Targets: onnx-python (CPU): Triton at its best concurrency >= 1.5 x the one-at-a-time torch
 faces/s, in every pass. torch-cuda-python (one CUDA GPU, fp16): >= 20,000 faces/s end to end
-through Triton and >= 50,000 faces/s for the model alone. The GPU path has not been run
-on a GPU in this project yet (no GPU machine; ``--device cpu`` runs its code path on the
-CPU); expect to raise ``--faces-per-request`` there, since one Python client process cannot
-send 20,000 single-face gRPC requests a second.
+through Triton and >= 50,000 faces/s for the model alone. One Python client process cannot
+send 20,000 single-face gRPC requests a second: raise ``--faces-per-request`` there.
 
     python -m bench.embedder_throughput [--passes 2] [--concurrency 1,4,16] [--faces 256]
     python -m bench.embedder_throughput --flavour torch-cuda-python --concurrency 1,4,16,64
+    python -m bench.embedder_throughput --render bench/results/embedder_throughput.json
 """
 
 from __future__ import annotations
@@ -51,11 +56,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import datetime
 import json
 import multiprocessing
-import os
-import platform
+import sys
 import tempfile
 import time
 import warnings
@@ -66,20 +69,35 @@ import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 
+from bench.report import (
+    DEFAULT_DATA,
+    RESULTS,
+    LoadMeter,
+    add_quiet_options,
+    describe_triton_config,
+    least_disturbed,
+    load_line,
+    machine_facts,
+    machine_line,
+    meter_for,
+    quiet_remark,
+    render_again,
+    settings_of,
+    triton_model_config,
+    write_results,
+)
 from services.embedder.client.factory import create_embedder
 from services.embedder.serving.provisioning import prepare_models
 from services.embedder.serving.serve import build_server, check_servable
 from services.embedder.serving.triton_server import TritonServer
 from services.embedder.settings import EmbedderSettings
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path(os.environ.get("FACESEARCH_TEST_DATA", REPO.parent / "shared" / "data"))
-RESULTS = REPO / "bench" / "results"
-
 TARGET_SPEEDUP = 1.5  # CPU: Triton at its best concurrency vs one-at-a-time torch
 GPU_TARGET_END_TO_END = 20_000  # faces/s through Triton, torch-cuda-python on one GPU
 GPU_TARGET_MODEL_ALONE = 50_000  # faces/s of the model alone on that GPU
 TUNING_TIE = 0.05  # candidate configurations this close in faces/s count as equally fast
+SHIPPED, TUNED = "shipped default", "tuned"
+SERVING_FIELDS = ("instances", "intra_op_threads", "max_queue_delay_us", "max_batch_size", "preferred_batch_sizes")
 
 # Per flavour: what the run looks like unless the options say otherwise.
 FLAVOUR_DEFAULTS: dict[str, dict] = {
@@ -112,28 +130,43 @@ FLAVOUR_DEFAULTS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """Triton model instances, intra-op threads per instance, dynamic batching queue delay."""
+    """What shapes serving: Triton model instances, intra-op threads per instance, the dynamic
+    batcher's queue delay, largest batch and preferred batch sizes."""
 
     instances: int
     intra_op_threads: int
     max_queue_delay_us: int
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...]
 
     @property
     def label(self) -> str:
-        return f"{self.instances}x{self.intra_op_threads}@{self.max_queue_delay_us}"
+        return f"{self.instances}x{self.intra_op_threads}@{self.max_queue_delay_us} b{self.max_batch_size}"
 
     @classmethod
-    def parse(cls, text: str) -> ServingConfig:
+    def parse(cls, text: str, max_batch_size: int, preferred: list[int]) -> ServingConfig:
         """``INSTANCESxTHREADS@DELAY_US``, e.g. ``1x2@500``."""
         try:
             counts, delay = text.strip().split("@")
             instances, threads = counts.lower().split("x")
-            config = cls(int(instances), int(threads), int(delay))
+            config = cls(int(instances), int(threads), int(delay), max_batch_size, tuple(preferred))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: expected INSTANCESxTHREADS@DELAY_US, e.g. 1x2@500") from None
         if config.instances < 1 or config.intra_op_threads < 1 or config.max_queue_delay_us < 0:
             raise argparse.ArgumentTypeError(f"{text!r}: instances and threads >= 1, delay >= 0")
         return config
+
+    @classmethod
+    def shipped(cls) -> ServingConfig:
+        """The serving fields of ``EmbedderSettings`` as they ship (their defaults, not the
+        environment's or a config file's)."""
+        fields = EmbedderSettings.model_fields
+        values = {name: fields[name].get_default(call_default_factory=True) for name in SERVING_FIELDS}
+        values["preferred_batch_sizes"] = tuple(values["preferred_batch_sizes"])
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, **asdict(self), "preferred_batch_sizes": list(self.preferred_batch_sizes)}
 
 
 # --- crops ---------------------------------------------------------------------------------
@@ -170,7 +203,13 @@ def _detect_crops(data: Path, threads: int) -> tuple[np.ndarray, dict]:
     seconds = time.perf_counter() - start
     if not crops:
         raise SystemExit(f"the detector found no faces in the {len(paths)} photos of {data}")
-    info = {"data": str(data), "photos": len(paths), "crops": len(crops), "detection_seconds": round(seconds, 1)}
+    info = {
+        "data": str(data),
+        "photos": len(paths),
+        "crops": len(crops),
+        "detection_seconds": round(seconds, 1),
+        "detector_settings": settings_of(settings),
+    }
     return np.stack(crops).astype(np.uint8), info
 
 
@@ -182,7 +221,9 @@ def repeat_faces(crops: np.ndarray, count: int) -> np.ndarray:
 # --- Triton ----------------------------------------------------------------------------------
 
 
-def embedder_settings(args: argparse.Namespace, repository: Path, work_dir: Path, config: ServingConfig):
+def embedder_settings(
+    args: argparse.Namespace, repository: Path, work_dir: Path, config: ServingConfig
+) -> EmbedderSettings:
     return EmbedderSettings(
         backend="triton",
         flavour=args.flavour,
@@ -193,8 +234,8 @@ def embedder_settings(args: argparse.Namespace, repository: Path, work_dir: Path
         metrics_port=None,
         torch_device=args.device,
         precision=args.precision,
-        max_batch_size=args.max_batch_size,
-        preferred_batch_sizes=args.preferred,
+        max_batch_size=config.max_batch_size,
+        preferred_batch_sizes=list(config.preferred_batch_sizes),
         max_queue_delay_us=config.max_queue_delay_us,
         instances=config.instances,
         intra_op_threads=config.intra_op_threads,
@@ -296,11 +337,17 @@ async def _drive(embedder, faces: np.ndarray, concurrency: int, per_request: int
 
 
 def measure_triton(
-    server: TritonServer, settings: EmbedderSettings, faces: np.ndarray, concurrency: int, per_request: int
+    server: TritonServer,
+    settings: EmbedderSettings,
+    faces: np.ndarray,
+    concurrency: int,
+    per_request: int,
+    meter: LoadMeter,
 ) -> dict:
-    """Faces/s and request latency through Triton at one concurrency level, with Triton's statistics."""
+    """Faces/s and request latency through Triton at one concurrency level, with Triton's
+    statistics and the machine's load over the timed part."""
 
-    async def run() -> tuple[float, list[float], dict, dict]:
+    async def run() -> tuple[float, list[float], dict, dict, dict, dict]:
         # One client, as a gateway has; its in-flight limit raised so that it is not the bottleneck.
         embedder = create_embedder(settings, url=server.grpc_url, max_in_flight=max(concurrency, 1))
         async with embedder:
@@ -308,11 +355,14 @@ def measure_triton(
             warm = faces[: max(2 * concurrency, 8) * per_request]
             _, warm_latencies = await _drive(embedder, warm, concurrency, per_request)  # not timed
             before = settled_statistics(server, settings, start, len(warm_latencies))
+            quiet = meter.settle()
+            first = meter.reading()
             seconds, latencies = await _drive(embedder, faces, concurrency, per_request)
+            load = meter.usage(first, meter.reading())
             after = settled_statistics(server, settings, before, len(latencies))
-        return seconds, latencies, before, after
+        return seconds, latencies, before, after, load, quiet
 
-    seconds, latencies, before, after = asyncio.run(run())
+    seconds, latencies, before, after, load, quiet = asyncio.run(run())
     return {
         "concurrency": concurrency,
         "faces_per_request": per_request,
@@ -321,6 +371,8 @@ def measure_triton(
         "faces_per_s": round(len(faces) / seconds, 2),
         **latency_summary(latencies),
         "triton": statistics_delta(before, after),
+        "load": load,
+        "quiet": quiet,
     }
 
 
@@ -337,32 +389,67 @@ def server_version(server: TritonServer) -> str:
         return client.get_server_metadata(as_json=True).get("version", "?")
 
 
-def tune(args: argparse.Namespace, repository: Path, work: Path, faces: np.ndarray) -> tuple[ServingConfig, list[dict]]:
+def serve_and_measure(
+    settings: EmbedderSettings,
+    faces: np.ndarray,
+    concurrencies: list[int],
+    per_request: int,
+    meter: LoadMeter,
+    crops: np.ndarray | None = None,
+) -> dict:
+    """One Triton server for these settings: its model config as it reports it, then every
+    concurrency level; with ``crops``, also their vectors (for the agreement check)."""
+    server, startup = start_triton(settings)
+    try:
+        result: dict = {
+            "triton_startup_s": round(startup, 1),
+            "triton_version": server_version(server),
+            "model_config": triton_model_config(server.grpc_url, settings.model_id, settings.model_version),
+            "levels": [],
+        }
+        for concurrency in concurrencies:
+            result["levels"].append(
+                least_disturbed(
+                    meter,
+                    lambda concurrency=concurrency: measure_triton(
+                        server, settings, faces, concurrency, per_request, meter
+                    ),
+                )
+            )
+        if crops is not None:
+            result["vectors"] = triton_vectors(server, settings, crops)
+    finally:
+        server.stop()
+    return result
+
+
+def tune(
+    args: argparse.Namespace, repository: Path, work: Path, faces: np.ndarray, meter: LoadMeter
+) -> tuple[ServingConfig | None, list[dict]]:
     """Each candidate configuration measured briefly at the highest concurrency; the fastest wins."""
+    if not args.configs:
+        return None, []
     if len(args.configs) == 1:
         return args.configs[0], []
     trials = []
     concurrency = max(args.concurrency)
     for config in args.configs:
-        settings = embedder_settings(args, repository, work / f"triton-{config.label}", config)
-        server, _ = start_triton(settings)
-        try:
-            result = measure_triton(server, settings, faces[: args.tune_faces], concurrency, args.faces_per_request)
-        finally:
-            server.stop()
+        settings = embedder_settings(args, repository, work / f"triton-tune-{len(trials)}", config)
+        measured = serve_and_measure(settings, faces[: args.tune_faces], [concurrency], args.faces_per_request, meter)
+        [result] = measured["levels"]
         trials.append(
             {
-                "config": config.label,
-                **asdict(config),
+                **config.as_dict(),
                 "concurrency": concurrency,
                 "faces": result["faces"],
                 "faces_per_s": result["faces_per_s"],
                 "p50_ms": result["p50_ms"],
                 "average_batch": result["triton"]["average_batch"],
+                "other_processes_cpu_percent": result["load"].get("cpu_percent", {}).get("other_processes"),
             }
         )
         print(
-            f"  config {config.label:>10}: {result['faces_per_s']:8.1f} faces/s, "
+            f"  candidate {config.label:>14}: {result['faces_per_s']:8.1f} faces/s, "
             f"average batch {result['triton']['average_batch']}"
         )
     # At the highest concurrency the queue is never empty, so the queue delay hardly matters
@@ -371,18 +458,25 @@ def tune(args: argparse.Namespace, repository: Path, work: Path, faces: np.ndarr
     fastest = max(t["faces_per_s"] for t in trials)
     close = [t for t in trials if t["faces_per_s"] >= (1 - TUNING_TIE) * fastest]
     best = min(close, key=lambda t: (t["max_queue_delay_us"], -t["faces_per_s"]))
-    return ServingConfig(best["instances"], best["intra_op_threads"], best["max_queue_delay_us"]), trials
+    return args.configs[trials.index(best)], trials
 
 
 # --- without a server --------------------------------------------------------------------------
 
 
 def measure_torch_one_at_a_time(
-    faces: np.ndarray, crops: np.ndarray, thread_counts: list[int], device: str, precision: str
-) -> tuple[dict[int, dict], np.ndarray]:
-    """The baseline: ServedFaceNet(load_casia_facenet()) in this process, one crop per forward call,
-    result copied back to the CPU each time, with each of ``thread_counts`` torch threads in turn.
-    Returns the summary per thread count and the crops' vectors."""
+    faces: np.ndarray,
+    crops: np.ndarray,
+    thread_counts: list[int],
+    device: str,
+    precision: str,
+    meter: LoadMeter,
+    max_seconds: float,
+) -> tuple[list[dict], np.ndarray]:
+    """ServedFaceNet(load_casia_facenet()) in this process, one crop per forward call, result
+    copied back to the CPU each time, with each of ``thread_counts`` torch threads in turn,
+    over the faces or for ``max_seconds``, whichever ends first. Returns the summary per
+    thread count and the crops' vectors."""
     from services.embedder.serving.weights.facenet_casia import load_casia_facenet
     from services.embedder.serving.weights.onnx_export import ServedFaceNet
 
@@ -393,53 +487,83 @@ def measure_torch_one_at_a_time(
     def one(crop: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(crop[None]).to(device)).cpu().numpy()
 
-    summaries = {}
+    def measure(threads: int) -> dict:
+        latencies = []
+        quiet = meter.settle()
+        first = meter.reading()
+        began = time.perf_counter()
+        for crop in faces:
+            sent = time.perf_counter()
+            one(crop)
+            latencies.append(time.perf_counter() - sent)
+            if sent + latencies[-1] - began >= max_seconds:
+                break
+        seconds = time.perf_counter() - began
+        return {
+            "threads": threads,
+            "device": device,
+            "precision": precision,
+            "faces": len(latencies),
+            "seconds": round(seconds, 3),
+            "faces_per_s": round(len(latencies) / seconds, 2),
+            **latency_summary(latencies),
+            "load": meter.usage(first, meter.reading()),
+            "quiet": quiet,
+        }
+
+    summaries = []
     with torch.inference_mode():
         for threads in thread_counts:
             torch.set_num_threads(threads)
             for crop in faces[:8]:  # warm-up, not timed
                 one(crop)
-            latencies = []
-            began = time.perf_counter()
-            for crop in faces:
-                sent = time.perf_counter()
-                one(crop)
-                latencies.append(time.perf_counter() - sent)
-            seconds = time.perf_counter() - began
-            summaries[threads] = {
-                "torch_threads": threads,
-                "faces": len(faces),
-                "seconds": round(seconds, 3),
-                "faces_per_s": round(len(faces) / seconds, 2),
-                **latency_summary(latencies),
-            }
+            summaries.append(least_disturbed(meter, lambda threads=threads: measure(threads)))
         vectors = np.concatenate([one(crop) for crop in crops])
     return summaries, vectors
 
 
-def measure_onnx_inprocess(settings: EmbedderSettings, faces: np.ndarray, batch: int, threads: int) -> dict:
-    """The served model.onnx in this process (InProcessEmbedder, ONNX Runtime CPU), ``batch`` crops per run."""
-    in_process = settings.model_copy(
-        update={"backend": "inprocess", "client_batch_size": batch, "intra_op_threads": threads}
-    )
+def measure_onnx_runtime(
+    path: Path, faces: np.ndarray, batch: int, threads: int, meter: LoadMeter, max_seconds: float
+) -> dict:
+    """The served model.onnx in a plain ONNX Runtime session (CPU) in this process, ``batch``
+    crops per run, ``threads`` intra-op threads, over the faces or for ``max_seconds``,
+    whichever ends first."""
+    import onnxruntime
 
-    async def run() -> tuple[float, list[float]]:
-        async with create_embedder(in_process) as embedder:
-            await _drive(embedder, faces[: 4 * batch], 1, batch)  # warm-up, not timed
-            return await _drive(embedder, faces, 1, batch)
-
-    seconds, latencies = asyncio.run(run())
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    runs = [faces[i : i + batch] for i in range(0, len(faces), batch)]
+    for crops in runs[:4]:  # warm-up, not timed
+        session.run(None, {name: crops})
+    latencies = []
+    quiet = meter.settle()
+    first = meter.reading()
+    began = time.perf_counter()
+    done = 0
+    for crops in runs:
+        sent = time.perf_counter()
+        session.run(None, {name: crops})
+        latencies.append(time.perf_counter() - sent)
+        done += len(crops)
+        if sent + latencies[-1] - began >= max_seconds:
+            break
+    seconds = time.perf_counter() - began
     return {
         "crops_per_run": batch,
-        "intra_op_threads": threads,
-        "faces": len(faces),
+        "threads": threads,
+        "faces": done,
         "seconds": round(seconds, 3),
-        "faces_per_s": round(len(faces) / seconds, 2),
+        "faces_per_s": round(done / seconds, 2),
         **latency_summary(latencies),
+        "load": meter.usage(first, meter.reading()),
+        "quiet": quiet,
     }
 
 
-def measure_torchscript_alone(settings: EmbedderSettings, faces: np.ndarray, batch: int) -> dict:
+def measure_torchscript_alone(settings: EmbedderSettings, faces: np.ndarray, batch: int, meter: LoadMeter) -> dict:
     """The served model.pt as the torch-cuda-python model runs it, ``batch`` crops per run, the
     input already on the device, timed between synchronisations (compute only)."""
     path = Path(settings.model_repository) / settings.flavour / settings.model_id / settings.model_version / "model.pt"
@@ -460,6 +584,8 @@ def measure_torchscript_alone(settings: EmbedderSettings, faces: np.ndarray, bat
         for _ in range(3):  # warm-up, not timed
             module(batches[0])
         sync()
+        quiet = meter.settle()
+        first = meter.reading()
         began = time.perf_counter()
         for _ in range(runs):
             module(batches[0])
@@ -472,6 +598,8 @@ def measure_torchscript_alone(settings: EmbedderSettings, faces: np.ndarray, bat
         "faces": runs * batch,
         "seconds": round(seconds, 4),
         "faces_per_s": round(runs * batch / seconds, 1),
+        "load": meter.usage(first, meter.reading()),
+        "quiet": quiet,
     }
 
 
@@ -487,87 +615,46 @@ def latency_summary(latencies: list[float]) -> dict:
     }
 
 
-def machine_facts(_args: argparse.Namespace, triton_version: str) -> dict:
-    import onnxruntime
-
-    processor = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    facts = {
-        "cpu_count": os.cpu_count(),
-        "processor": processor,
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "triton_server": triton_version,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    return facts
-
-
-def cpu_ticks() -> list[int]:
-    """The machine's CPU time so far (/proc/stat's first line: user, nice, system, idle, iowait,
-    irq, softirq, steal, ...), in clock ticks; empty where there is no /proc/stat."""
-    try:
-        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return []
-
-
-def cpu_use(start: list[int], end: list[int]) -> dict:
-    """Shares of the CPU time between two ``cpu_ticks`` readings: busy at normal priority (this
-    benchmark and anything else), busy at a lowered priority (nice), idle, stolen by the hypervisor."""
-    if len(start) < 8 or len(end) < 8:
-        return {}
-    user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(start, end))
-    total = max(user + nice + system + idle + iowait + irq + softirq + steal, 1)
-    return {
-        "busy_percent": round(100 * (user + system + irq + softirq) / total, 1),
-        "niced_percent": round(100 * nice / total, 1),
-        "idle_percent": round(100 * (idle + iowait) / total, 1),
-        "steal_percent": round(100 * steal / total, 1),
-    }
-
-
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
     cosine = np.sum(a * b, axis=1)
     return {"min_cosine": round(float(cosine.min()), 6), "max_abs_diff": float(np.abs(a - b).max())}
 
 
-def evaluate(args: argparse.Namespace, passes: list[dict]) -> dict:
-    """Per pass: Triton's best concurrency against the baseline (and, on a GPU, the absolute targets)."""
-    verdicts = []
+def fastest(summaries: list[dict]) -> dict:
+    return max(summaries, key=lambda s: s["faces_per_s"])
+
+
+def evaluate(flavour: str, passes: list[dict]) -> dict:
+    """Per pass and configuration: Triton at its best concurrency against each naive alternative
+    (the faster of its thread counts), and whether the target is met."""
+    rows = []
     for number, run in enumerate(passes, 1):
-        best = max(run["triton"], key=lambda r: r["faces_per_s"])
-        baseline = max((run[k] for k in ("baseline", "baseline_1_thread") if k in run), key=lambda b: b["faces_per_s"])
-        speedup = best["faces_per_s"] / baseline["faces_per_s"]
-        verdict = {
-            "pass": number,
-            "best_concurrency": best["concurrency"],
-            "best_faces_per_s": best["faces_per_s"],
-            "baseline_faces_per_s": baseline["faces_per_s"],
-            "baseline_torch_threads": baseline["torch_threads"],
-            "speedup_vs_specified_baseline": round(best["faces_per_s"] / run["baseline"]["faces_per_s"], 2),
-            "speedup": round(speedup, 2),
-            "met": speedup >= TARGET_SPEEDUP,
-        }
-        if args.flavour == "torch-cuda-python":
-            alone = run["model_alone"]["faces_per_s"]
-            verdict.update(
-                model_alone_faces_per_s=alone,
-                met=best["faces_per_s"] >= GPU_TARGET_END_TO_END and alone >= GPU_TARGET_MODEL_ALONE,
-            )
-        verdicts.append(verdict)
-    if args.flavour == "torch-cuda-python":
+        torch_best = fastest(run["torch_one_at_a_time"])
+        onnx_best = fastest(run["onnx_runtime_one_at_a_time"]) if run.get("onnx_runtime_one_at_a_time") else None
+        for name, measured in run["configurations"].items():
+            best = fastest(measured["levels"])
+            row = {
+                "pass": number,
+                "configuration": name,
+                "best_concurrency": best["concurrency"],
+                "best_faces_per_s": best["faces_per_s"],
+                "torch_faces_per_s": torch_best["faces_per_s"],
+                "torch_threads": torch_best["threads"],
+                "speedup_vs_torch": round(best["faces_per_s"] / torch_best["faces_per_s"], 2),
+            }
+            if onnx_best is not None:
+                row.update(
+                    onnx_runtime_faces_per_s=onnx_best["faces_per_s"],
+                    onnx_runtime_threads=onnx_best["threads"],
+                    speedup_vs_onnx_runtime=round(best["faces_per_s"] / onnx_best["faces_per_s"], 2),
+                )
+            if flavour == "torch-cuda-python":
+                alone = run["model_alone"]["faces_per_s"]
+                row["met"] = best["faces_per_s"] >= GPU_TARGET_END_TO_END and alone >= GPU_TARGET_MODEL_ALONE
+            else:
+                row["met"] = row["speedup_vs_torch"] >= TARGET_SPEEDUP
+            rows.append(row)
+    if flavour == "torch-cuda-python":
         target = (
             f">= {GPU_TARGET_END_TO_END:,} faces/s end to end through Triton at the best concurrency and "
             f">= {GPU_TARGET_MODEL_ALONE:,} faces/s for the model alone, in every pass"
@@ -575,152 +662,232 @@ def evaluate(args: argparse.Namespace, passes: list[dict]) -> dict:
     else:
         target = (
             f"Triton at its best concurrency >= {TARGET_SPEEDUP}x the one-at-a-time torch faces/s (the faster "
-            "of its runs with the whole thread budget and with one thread), in every pass"
+            "of its thread counts), in every pass"
         )
-    return {"target": target, "per_pass": verdicts, "target_met": all(v["met"] for v in verdicts)}
+    names = list(dict.fromkeys(row["configuration"] for row in rows))
+    met = {name: all(row["met"] for row in rows if row["configuration"] == name) for name in names}
+    return {"target": target, "per_pass": rows, "target_met_by": met}
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """Per-pass figures: ``a`` when they agree, else ``median (low-high)``."""
+    low, high = round(min(values), digits), round(max(values), digits)
+    middle = round(float(np.median(values)), digits)
+    return f"{low}" if low == high else f"{middle} ({low}-{high})"
+
+
+def measurements(result: dict) -> list[dict]:
+    """Every timed part of the passes."""
+    found = []
+    for run in result["passes"]:
+        for measured in run["configurations"].values():
+            found += measured["levels"]
+        found += run["torch_one_at_a_time"] + run.get("onnx_runtime_one_at_a_time", []) + [run["model_alone"]]
+    return found
+
+
+def headline(result: dict) -> list[str]:
+    """The figures that count, per configuration, over the passes."""
+    rows = result["evaluation"]["per_pass"]
+    lines = [
+        f"Per configuration, over {len(result['passes'])} pass(es): median (lowest-highest) of the per-pass figures.",
+        "",
+    ]
+    for name, met in result["evaluation"]["target_met_by"].items():
+        mine = [r for r in rows if r["configuration"] == name]
+        text = (
+            f"**{name}** ({result['configurations'][name]['label']}): Triton best "
+            f"{spread([r['best_faces_per_s'] for r in mine], 1)} faces/s; "
+            f"{spread([r['speedup_vs_torch'] for r in mine])}x torch one crop at a time "
+            f"({spread([r['torch_faces_per_s'] for r in mine], 1)} faces/s)"
+        )
+        if "speedup_vs_onnx_runtime" in mine[0]:
+            text += (
+                f", {spread([r['speedup_vs_onnx_runtime'] for r in mine])}x ONNX Runtime one crop at a time "
+                f"({spread([r['onnx_runtime_faces_per_s'] for r in mine], 1)} faces/s)"
+            )
+        lines.append(f"- {text}; target {'met' if met else 'not met'}.")
+    return lines
 
 
 def markdown(result: dict) -> str:
-    m, cfg, crops = result["machine"], result["serving"], result["crops"]
-    cpu = result["flavour"] == "onnx-python"
+    m, crops = result["machine"], result["crops"]
+    cpu = result["device"] == "cpu"
     lines = [
         "# Embedder throughput",
         "",
-        f"{m['date']}; {m['cpu_count']} CPUs ({m['processor']}), {m['memory_gib']} GiB"
-        + (f", GPU {m['gpu']}" if m["gpu"] else ", no GPU")
-        + f"; Triton {m['triton_server']}, torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, "
-        f"Python {m['python']}, {m['platform']}. Load average at the start: {result['load_average_start']}, "
-        f"at the end: {result['load_average_end']}. CPU time during the run: "
-        + ", ".join(f"{key.removesuffix('_percent')} {value}%" for key, value in result["cpu_use"].items())
-        + " (niced: programs at a lowered priority, not this benchmark).",
+        machine_line(m),
+        "",
+        load_line(result["load"]) + " Each measurement below has its own share of other processes (column 'others').",
+        "",
+        quiet_remark(measurements(result), result.get("quiet_percent")),
         "",
         f"Crops: {crops['crops']} aligned 160 x 160 crops that the detector found in {crops['photos']} photos "
-        f"({crops['data']}), repeated to {result['faces']} faces per measurement. "
-        f"{len(result['passes'])} passes; every figure below is one pass.",
+        f"({crops['data']}), repeated to {result['faces']} faces per measurement; requests of "
+        f"{result['faces_per_request']} face(s) from one `TritonEmbedder` client (max_in_flight = the concurrency). "
+        f"{len(result['passes'])} pass(es); every figure below is one pass. Flavour `{result['flavour']}` "
+        f"({result['device']}, {result['precision']}), thread budget {result['threads']}. Order within each pass: "
+        + ", ".join(f"pass {n}: {run['order']}" for n, run in enumerate(result["passes"], 1))
+        + ".",
         "",
-        *([result["note"], ""] if result["note"] else []),
-        f"Served: flavour `{result['flavour']}` ({cfg['device']}, {cfg['precision']}), model "
-        f"`{cfg['model_id']}` version {cfg['model_version']}, max_batch_size {cfg['max_batch_size']}, "
-        f"preferred batch sizes {cfg['preferred_batch_sizes']}, **{cfg['instances']} instance(s) x "
-        f"{cfg['intra_op_threads']} intra-op thread(s), max_queue_delay {cfg['max_queue_delay_us']} us**. "
-        f"Requests of {result['faces_per_request']} face(s), sent by one `TritonEmbedder` client "
-        f"(max_in_flight = the concurrency).",
+        "## Result",
         "",
+        f"Target: {result['evaluation']['target']}.",
+        "",
+        *headline(result),
+        "",
+        "## Configurations",
+        "",
+        "| configuration | how it was chosen | as Triton reports it (`get_model_config`) |",
+        "|---|---|---|",
     ]
+    for name, config in result["configurations"].items():
+        how = (
+            "the serving fields of `EmbedderSettings` as they ship"
+            if name == SHIPPED
+            else f"the fastest of {len(result['tuning']) or 1} candidate(s) (below)"
+        )
+        reported = result["passes"][0]["configurations"][name]["model_config"]
+        lines.append(f"| **{name}** {config['label']} | {how} | {describe_triton_config(reported)} |")
+    lines.append("")
     if result["tuning"]:
+        first = result["tuning"][0]
         lines += [
-            f"Configuration chosen from these candidates (instances x threads @ queue delay us), each measured "
-            f"once on {result['tuning'][0]['faces']} faces at concurrency {result['tuning'][0]['concurrency']}: "
-            f"the fastest, or of those within {TUNING_TIE:.0%} of it the one with the shortest queue delay "
-            "(which lone requests wait at low concurrency):",
+            f"Tuning: each candidate (instances x threads @ queue delay us, max batch) measured once on "
+            f"{first['faces']} faces at concurrency {first['concurrency']}; the fastest, or of those within "
+            f"{TUNING_TIE:.0%} of it the one with the shortest queue delay (which lone requests wait at low "
+            "concurrency):",
             "",
-            "| candidate | faces/s | p50 ms | average batch |",
-            "|---|---:|---:|---:|",
+            "| candidate | faces/s | p50 ms | average batch | others % CPU |",
+            "|---|---:|---:|---:|---:|",
         ]
+        tuned = result["configurations"].get(TUNED, {}).get("label")
         lines += [
-            f"| {t['config']}{' (chosen)' if t['config'] == cfg['label'] else ''} | {t['faces_per_s']} | "
-            f"{t['p50_ms']} | {t['average_batch']} |"
+            f"| {t['label']}{' (chosen)' if t['label'] == tuned else ''} | {t['faces_per_s']} | {t['p50_ms']} | "
+            f"{t['average_batch']} | {t['other_processes_cpu_percent']} |"
             for t in result["tuning"]
         ]
         lines.append("")
+
+    def others(measured: dict) -> str:
+        value = measured.get("load", {}).get("cpu_percent", {}).get("other_processes")
+        return "" if value is None else str(value)
+
     lines += [
-        "| pass | way | concurrency | faces/s | p50 ms | p99 ms | Triton average batch | executions by batch size |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "## Measurements",
+        "",
+        "'others': the share of the machine's CPU time (all CPUs) that processes other than this benchmark "
+        "used during that measurement; 'tries': how often it was measured (the least disturbed try is shown); "
+        f"a naive way's loop stops after {result.get('max_seconds')} s ('faces timed').",
+        "",
+        "| pass | way | concurrency | faces timed | faces/s | p50 ms | p99 ms | Triton average batch | "
+        "executions by batch size | others % CPU | tries |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    for number, run in enumerate(result["passes"], 1):
-        for r in run["triton"]:
-            t = r["triton"]
-            histogram = ", ".join(f"{size}: {count}" for size, count in t["executions_by_batch"].items())
-            lines.append(
-                f"| {number} | Triton ({r['faces_per_request']} face/request) | {r['concurrency']} | "
-                f"**{r['faces_per_s']}** | {r['p50_ms']} | {r['p99_ms']} | {t['average_batch']} | {histogram} |"
-            )
-        for key in ("baseline", "baseline_1_thread"):
-            if key in run:
-                b = run[key]
-                lines.append(
-                    f"| {number} | baseline: in-process torch, one crop per call, {b['torch_threads']} thread(s) | 1 | "
-                    f"**{b['faces_per_s']}** | {b['p50_ms']} | {b['p99_ms']} | | |"
-                )
-        if "onnx_one_at_a_time" in run:
-            o = run["onnx_one_at_a_time"]
-            lines.append(
-                f"| {number} | reference: in-process ONNX Runtime, one crop per run, {o['intra_op_threads']} threads "
-                f"| 1 | {o['faces_per_s']} | {o['p50_ms']} | {o['p99_ms']} | | |"
-            )
-        a = run["model_alone"]
-        lines.append(
-            f"| {number} | reference: model alone, {a['crops_per_run']} crops per run (no server) | | "
-            f"{a['faces_per_s']} | {a.get('p50_ms', '')} | {a.get('p99_ms', '')} | | |"
+
+    def row(number: int, way: str, concurrency: object, m: dict, batch: str = "", histogram: str = "") -> str:
+        return (
+            f"| {number} | {way} | {concurrency} | {m['faces']} | **{m['faces_per_s']}** | {m.get('p50_ms', '')} | "
+            f"{m.get('p99_ms', '')} | {batch} | {histogram} | {others(m)} | {len(m.get('attempts', [])) or 1} |"
         )
+
+    for number, run in enumerate(result["passes"], 1):
+        for name, measured in run["configurations"].items():
+            for r in measured["levels"]:
+                t = r["triton"]
+                histogram = ", ".join(f"{size}: {count}" for size, count in t["executions_by_batch"].items())
+                lines.append(row(number, f"Triton, {name}", r["concurrency"], r, t["average_batch"], histogram))
+        for b in run["torch_one_at_a_time"]:
+            lines.append(row(number, f"naive: torch, one crop per call, {b['threads']} thread(s)", 1, b))
+        for o in run.get("onnx_runtime_one_at_a_time", []):
+            lines.append(row(number, f"naive: ONNX Runtime, one crop per run, {o['threads']} thread(s)", 1, o))
+        a = run["model_alone"]
+        lines.append(row(number, f"reference: model alone, {a['crops_per_run']} crops per run (no server)", "", a))
     lines += [
         "",
         "Triton's statistics per level (timed part only): queue ms per request, model compute ms per execution:",
         "",
     ]
     for number, run in enumerate(result["passes"], 1):
-        lines.append(
-            f"- pass {number}: "
-            + "; ".join(
-                f"c={r['concurrency']}: {r['triton']['requests']} requests in {r['triton']['execution_count']} "
-                f"executions, queue {r['triton']['queue_ms_per_request']} ms, compute "
-                f"{r['triton']['compute_infer_ms_per_execution']} ms "
-                f"({r['triton']['compute_infer_ms_per_execution'] / max(r['triton']['average_batch'], 1):.1f} ms/face)"
-                for r in run["triton"]
+        for name, measured in run["configurations"].items():
+            lines.append(
+                f"- pass {number}, {name}: "
+                + "; ".join(
+                    f"c={r['concurrency']}: {r['triton']['requests']} requests in {r['triton']['execution_count']} "
+                    f"executions, queue {r['triton']['queue_ms_per_request']} ms, compute "
+                    f"{r['triton']['compute_infer_ms_per_execution']} ms "
+                    f"({r['triton']['compute_infer_ms_per_execution'] / max(r['triton']['average_batch'], 1):.1f} "
+                    "ms/face)"
+                    for r in measured["levels"]
+                )
             )
+    lines += [
+        "",
+        "## Speed-ups per pass",
+        "",
+        "Triton at its best concurrency against each naive way (the faster of its thread counts):",
+        "",
+        "| pass | configuration | best Triton faces/s (concurrency) | vs torch one at a time | "
+        "vs ONNX Runtime one at a time | target |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for v in result["evaluation"]["per_pass"]:
+        onnx = (
+            f"**{v['speedup_vs_onnx_runtime']}x** ({v['onnx_runtime_faces_per_s']}, {v['onnx_runtime_threads']} "
+            "thread(s))"
+            if "speedup_vs_onnx_runtime" in v
+            else "not measured"
         )
-    verdict = result["evaluation"]
-    lines += ["", f"Target: {verdict['target']}.", ""]
-    for v in verdict["per_pass"]:
-        extra = f", model alone {v['model_alone_faces_per_s']} faces/s" if "model_alone_faces_per_s" in v else ""
         lines.append(
-            f"- pass {v['pass']}: best Triton {v['best_faces_per_s']} faces/s at concurrency "
-            f"{v['best_concurrency']} vs baseline {v['baseline_faces_per_s']} faces/s "
-            f"(torch, {v['baseline_torch_threads']} thread(s)): **{v['speedup']}x** "
-            f"({v['speedup_vs_specified_baseline']}x against the {result['threads']}-thread baseline)"
-            f"{extra}: {'met' if v['met'] else 'not met'}"
+            f"| {v['pass']} | {v['configuration']} | {v['best_faces_per_s']} ({v['best_concurrency']}) | "
+            f"**{v['speedup_vs_torch']}x** ({v['torch_faces_per_s']}, {v['torch_threads']} thread(s)) | {onnx} | "
+            f"{'met' if v['met'] else 'not met'} |"
         )
-    lines += ["", f"**Target {'met' if verdict['target_met'] else 'not met'}.**", ""]
-    if cpu:
+    if cpu and result["passes"][0].get("onnx_runtime_one_at_a_time"):
         lines += [
-            "Where the speed-up comes from (per pass: ONNX Runtime vs torch, both one crop per run; "
-            "batching in the model alone; Triton at its best vs ONNX Runtime one crop per run in-process):",
+            "",
+            "Where the speed-up comes from, per pass: ONNX Runtime vs torch (both one crop per call, faster "
+            "thread count); batching in the model alone; each Triton configuration at its best vs ONNX Runtime "
+            "one crop per run and vs the model alone:",
             "",
         ]
         for number, run in enumerate(result["passes"], 1):
-            torch_best = max(run[k]["faces_per_s"] for k in ("baseline", "baseline_1_thread") if k in run)
-            onnx_one = run["onnx_one_at_a_time"]["faces_per_s"]
-            best = max(r["faces_per_s"] for r in run["triton"])
+            torch_best = fastest(run["torch_one_at_a_time"])["faces_per_s"]
+            onnx_one = fastest(run["onnx_runtime_one_at_a_time"])["faces_per_s"]
             alone = run["model_alone"]
-            lines.append(
-                f"- pass {number}: ONNX Runtime / torch {onnx_one / torch_best:.2f}x; model alone at "
-                f"{alone['crops_per_run']} crops / 1 crop {alone['faces_per_s'] / onnx_one:.2f}x; "
-                f"Triton best / ONNX Runtime 1 crop {best / onnx_one:.2f}x; Triton best / model alone "
-                f"{best / alone['faces_per_s']:.2f}x"
-            )
-        lines.append("")
-    lines.append(
-        f"Vectors: Triton vs the torch baseline on the {crops['crops']} distinct crops: min cosine "
-        f"{result['agreement']['min_cosine']}, max abs difference {result['agreement']['max_abs_diff']:.2e}."
-    )
+            parts = [
+                f"ONNX Runtime / torch {onnx_one / torch_best:.2f}x",
+                f"model alone at {alone['crops_per_run']} crops / 1 crop {alone['faces_per_s'] / onnx_one:.2f}x",
+            ]
+            for name, measured in run["configurations"].items():
+                best = fastest(measured["levels"])["faces_per_s"]
+                parts.append(
+                    f"Triton {name} / ONNX Runtime 1 crop {best / onnx_one:.2f}x, / model alone "
+                    f"{best / alone['faces_per_s']:.2f}x"
+                )
+            lines.append(f"- pass {number}: " + "; ".join(parts))
+    lines += [
+        "",
+        "Vectors: Triton vs the torch network on the "
+        f"{crops['crops']} distinct crops: "
+        + "; ".join(
+            f"{name}: min cosine {a['min_cosine']}, max abs difference {a['max_abs_diff']:.2e}"
+            for name, a in result["agreement"].items()
+        )
+        + ".",
+    ]
     if cpu:
         lines += [
             "",
-            "## GPU",
-            "",
-            "The GPU part of this benchmark (the `torch-cuda-python` flavour, fp16, through Triton at "
-            f"concurrency 1-64 on an H100; targets {GPU_TARGET_END_TO_END:,} faces/s end to end and "
-            f"{GPU_TARGET_MODEL_ALONE:,} faces/s for the model alone) needs a GPU machine, which this run did "
-            "not have. The same script runs it there (not yet tested on a GPU):",
+            "This run measured the CPU only. The GPU flavour (targets "
+            f"{GPU_TARGET_END_TO_END:,} faces/s end to end and {GPU_TARGET_MODEL_ALONE:,} faces/s for the model "
+            "alone) is measured by the same script on a machine with a CUDA GPU, into "
+            "bench/results/embedder_throughput_torch-cuda-python.{json,md}:",
             "",
             "```sh",
             "python -m bench.embedder_throughput --flavour torch-cuda-python --concurrency 1,4,16,64 "
             "[--faces-per-request 16]",
             "```",
-            "",
-            "It writes bench/results/embedder_throughput_torch-cuda-python.{json,md}. One Python client "
-            "process will not send 20,000 single-face requests a second; raise `--faces-per-request` "
-            "(each request then carries that many crops, as the gateway's `client_batch_size` does).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -740,25 +907,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--flavour", choices=sorted(FLAVOUR_DEFAULTS), default="onnx-python")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with labels.json")
     parser.add_argument("--repository", type=Path, help="model repository (default: a temporary folder)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU thread budget: the torch baseline's threads")
+    parser.add_argument("--threads", type=int, default=2, help="CPU thread budget: the naive ways' threads")
     parser.add_argument("--detector-threads", type=int, default=1, help="torch threads of the detector (not timed)")
     parser.add_argument("--faces", type=int, help="faces per measurement")
     parser.add_argument("--tune-faces", type=int, help="faces per candidate configuration")
     parser.add_argument("--concurrency", type=int_list, help="requests in flight, comma-separated")
     parser.add_argument("--faces-per-request", type=int, default=1)
-    parser.add_argument("--max-batch-size", type=int)
-    parser.add_argument("--preferred", type=int_list, help="dynamic batching preferred batch sizes")
-    parser.add_argument("--configs", help="candidates INSTANCESxTHREADS@DELAY_US, comma-separated")
+    parser.add_argument("--max-batch-size", type=int, help="of the tuning candidates")
+    parser.add_argument("--preferred", type=int_list, help="dynamic batching preferred batch sizes of the candidates")
+    parser.add_argument(
+        "--configs", help="tuning candidates INSTANCESxTHREADS@DELAY_US, comma-separated; 'none': no tuning"
+    )
     parser.add_argument("--model-batch", type=int, help="crops per run of the model alone")
     parser.add_argument("--precision", choices=["fp16", "fp32"])
     parser.add_argument(
         "--device", choices=["cuda", "cpu"], help="torch-cuda-python only: cpu runs its code path without a GPU"
     )
     parser.add_argument("--passes", type=int, default=2, help="passes over every measurement")
+    add_quiet_options(parser, wait_s=20.0)
+    parser.add_argument(
+        "--max-seconds", type=float, default=30.0, help="longest timed loop of a naive way (fewer faces then)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--name", help="results file name (default: by flavour)")
-    parser.add_argument("--note", default="", help="a remark on the run's conditions, put into the results")
+    parser.add_argument("--render", type=Path, help="only rewrite the markdown beside this results JSON file")
     args = parser.parse_args()
+    if args.render:
+        return args
 
     defaults = FLAVOUR_DEFAULTS[args.flavour]
     if args.device and args.flavour == "onnx-python" and args.device != "cpu":
@@ -772,7 +947,13 @@ def parse_args() -> argparse.Namespace:
     args.preferred = args.preferred or int_list(defaults["preferred"])
     args.model_batch = args.model_batch or defaults["model_batch"]
     configs = args.configs or defaults["configs"].format(t=args.threads)
-    args.configs = list(dict.fromkeys(ServingConfig.parse(c) for c in configs.split(",")))
+    args.configs = (
+        []
+        if configs.strip().lower() == "none"
+        else list(
+            dict.fromkeys(ServingConfig.parse(c, args.max_batch_size, args.preferred) for c in configs.split(","))
+        )
+    )
     args.name = args.name or (
         "embedder_throughput" if args.flavour == "onnx-python" else f"embedder_throughput_{args.flavour}"
     )
@@ -783,8 +964,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    load_start = [round(v, 2) for v in os.getloadavg()]
-    ticks_start = cpu_ticks()
+    if args.render:
+        print(f"rewrote {render_again(args.render, markdown)}")
+        return
+    meter = meter_for(args)
     with tempfile.TemporaryDirectory(prefix="embedder-bench-") as temporary:
         work = Path(temporary)
         repository = (args.repository or work / "models").absolute()
@@ -797,103 +980,128 @@ def main() -> None:
             f"{len(faces)} faces per measurement"
         )
 
+        shipped = ServingConfig.shipped()
         print(f"models: preparing {args.flavour} in {repository} ...")
-        first = embedder_settings(args, repository, work / "triton", args.configs[0])
+        first = embedder_settings(args, repository, work / "triton", shipped)
         check_servable(first)
         began = time.perf_counter()
         prepare_models(first, flavours=[args.flavour])
         print(f"  ready in {time.perf_counter() - began:.1f} s")
 
         if len(args.configs) > 1:
-            print(f"configuration: {len(args.configs)} candidates at concurrency {max(args.concurrency)} ...")
-        config, trials = tune(args, repository, work, faces)
-        settings = embedder_settings(args, repository, work / "triton", config)
-        print(f"serving with {config.label} (instances x intra-op threads @ queue delay us)")
+            print(f"tuning: {len(args.configs)} candidates at concurrency {max(args.concurrency)} ...")
+        tuned, trials = tune(args, repository, work, faces, meter)
+        configurations = {SHIPPED: shipped}
+        if tuned is not None and tuned != shipped:
+            configurations[TUNED] = tuned
+        for name, config in configurations.items():
+            print(f"{name}: {config.label} (instances x intra-op threads @ queue delay us, max batch)")
+        settings = {
+            name: embedder_settings(args, repository, work / f"triton-{index}", config)
+            for index, (name, config) in enumerate(configurations.items())
+        }
 
-        # Each pass measures everything once: Triton at every level, then (Triton idle) the
-        # baseline and the references, so that every pass compares figures taken minutes apart.
-        # The baseline as specified uses the whole thread budget; on a CPU it runs with one
-        # thread too: on a busy machine torch's OpenMP threads can lose far more to waiting for
-        # each other than a second core gains, and the target is judged against the faster.
+        # Each pass measures everything once: Triton in each configuration at every level and
+        # (Triton stopped) the naive ways and the reference, so that every pass compares figures
+        # taken minutes apart. The naive ways run with the whole thread budget and with one: on a
+        # busy machine torch's OpenMP threads can lose more to waiting for each other than a
+        # second core gains; the faster counts.
         thread_counts = [args.threads] + ([1] if args.device == "cpu" and args.threads != 1 else [])
+        onnx_path = repository / "onnx-python" / first.model_id / first.model_version / "model.onnx"
         passes: list[dict] = []
-        server, startup = start_triton(settings)
-        try:
-            version = server_version(server)
-            served_vectors = triton_vectors(server, settings, crops)
-            for number in range(1, args.passes + 1):
-                run: dict = {"triton": []}
-                passes.append(run)
-                for concurrency in args.concurrency:
-                    result = measure_triton(server, settings, faces, concurrency, args.faces_per_request)
-                    run["triton"].append(result)
-                    print(
-                        f"  pass {number} Triton c={concurrency:<3}: {result['faces_per_s']:9.1f} faces/s, "
-                        f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-                        f"average batch {result['triton']['average_batch']}"
-                    )
-                by_threads, baseline_vectors = measure_torch_one_at_a_time(
-                    faces, crops, thread_counts, args.device, args.precision
+        vectors: dict[str, np.ndarray] = {}
+        for number in range(1, args.passes + 1):
+            pass_start = meter.reading()
+            run: dict = {"configurations": {}}
+            passes.append(run)
+
+            def triton_part(name: str, run: dict = run, number: int = number) -> None:
+                measured = serve_and_measure(
+                    settings[name],
+                    faces,
+                    args.concurrency,
+                    args.faces_per_request,
+                    meter,
+                    crops if number == 1 else None,
                 )
-                run["baseline"] = by_threads[args.threads]
-                if 1 in by_threads and args.threads != 1:
-                    run["baseline_1_thread"] = by_threads[1]
-                for threads, summary in by_threads.items():
+                if "vectors" in measured:
+                    vectors[name] = measured.pop("vectors")
+                run["configurations"][name] = measured
+                for r in measured["levels"]:
                     print(
-                        f"  pass {number} baseline torch one at a time, {threads} thread(s): "
-                        f"{summary['faces_per_s']:.1f} faces/s"
+                        f"  pass {number} Triton {name} c={r['concurrency']:<3}: {r['faces_per_s']:9.1f} faces/s, "
+                        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, average batch {r['triton']['average_batch']}"
                     )
+
+            def naive_part(run: dict = run, number: int = number) -> None:
+                run["torch_one_at_a_time"], vectors["torch"] = measure_torch_one_at_a_time(
+                    faces, crops, thread_counts, args.device, args.precision, meter, args.max_seconds
+                )
                 if args.flavour == "onnx-python":
-                    run["onnx_one_at_a_time"] = measure_onnx_inprocess(settings, faces, 1, config.intra_op_threads)
-                    run["model_alone"] = measure_onnx_inprocess(
-                        settings, faces, args.model_batch, config.intra_op_threads
+                    run["onnx_runtime_one_at_a_time"] = [
+                        least_disturbed(
+                            meter,
+                            lambda threads=threads: measure_onnx_runtime(
+                                onnx_path, faces, 1, threads, meter, args.max_seconds
+                            ),
+                        )
+                        for threads in thread_counts
+                    ]
+                    run["model_alone"] = least_disturbed(
+                        meter,
+                        lambda: measure_onnx_runtime(
+                            onnx_path, faces, args.model_batch, args.threads, meter, args.max_seconds
+                        ),
                     )
                 else:
-                    run["model_alone"] = measure_torchscript_alone(settings, faces, args.model_batch)
-                for key in ("onnx_one_at_a_time", "model_alone"):
-                    if key in run:
-                        print(f"  pass {number} {key}: {run[key]['faces_per_s']:.1f} faces/s")
-        finally:
-            server.stop()
+                    run["model_alone"] = least_disturbed(
+                        meter, lambda: measure_torchscript_alone(settings[SHIPPED], faces, args.model_batch, meter)
+                    )
+                for key in ("torch_one_at_a_time", "onnx_runtime_one_at_a_time"):
+                    for summary in run.get(key, []):
+                        print(
+                            f"  pass {number} {key}, {summary['threads']} thread(s): {summary['faces_per_s']} faces/s"
+                        )
+                print(f"  pass {number} model alone: {run['model_alone']['faces_per_s']} faces/s")
 
+            # Odd passes: Triton in each configuration, then the naive ways; even passes the
+            # other way round, so that a drift in the machine's speed favours neither.
+            parts = [lambda name=name: triton_part(name) for name in settings] + [naive_part]
+            for part in parts if number % 2 else reversed(parts):
+                part()
+            run["configurations"] = {name: run["configurations"][name] for name in settings}
+            run["order"] = "Triton first" if number % 2 else "naive first"
+            run["load"] = meter.usage(pass_start, meter.reading())
+    load = meter.summary()
+    meter.stop()
+
+    triton_version = passes[0]["configurations"][SHIPPED]["triton_version"]
     result = {
         "benchmark": args.name,
+        "command": " ".join(["python -m bench.embedder_throughput", *sys.argv[1:]]),
         "flavour": args.flavour,
+        "device": args.device,
+        "precision": args.precision,
         "faces": len(faces),
         "faces_per_request": args.faces_per_request,
         "concurrency": args.concurrency,
         "threads": args.threads,
-        "note": args.note,
+        "quiet_percent": meter.quiet_percent,
+        "attempts": meter.attempts,
+        "max_seconds": args.max_seconds,
         "crops": crop_info,
-        "serving": {
-            "label": config.label,
-            **asdict(config),
-            "device": args.device,
-            "precision": args.precision,
-            "model_id": settings.model_id,
-            "model_version": settings.model_version,
-            "max_batch_size": args.max_batch_size,
-            "preferred_batch_sizes": args.preferred,
-            "triton_startup_s": round(startup, 1),
-        },
+        "configurations": {name: config.as_dict() for name, config in configurations.items()},
+        "embedder_settings": {name: settings_of(s) for name, s in settings.items()},
         "tuning": trials,
         "passes": passes,
-        "agreement": agreement(served_vectors, baseline_vectors),
-        "load_average_start": load_start,
-        "load_average_end": [round(v, 2) for v in os.getloadavg()],
-        "cpu_use": cpu_use(ticks_start, cpu_ticks()),
-        "machine": machine_facts(args, version),
+        "agreement": {name: agreement(v, vectors["torch"]) for name, v in vectors.items() if name != "torch"},
+        "load": load,
+        "machine": machine_facts(["torch", "onnxruntime", "numpy", "tritonclient"], {"Triton server": triton_version}),
     }
-    result["evaluation"] = evaluate(args, passes)
-    result["target"] = result["evaluation"]["target"]
-    result["target_met"] = result["evaluation"]["target_met"]
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / f"{args.name}.md").write_text(report)
-    print(report)
-    print(f"results: {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')}")
+    result["evaluation"] = evaluate(args.flavour, passes)
+    json_path, md_path = write_results(args.out, args.name, result, markdown)
+    print(md_path.read_text())
+    print(f"results: {json_path}, {md_path}")
 
 
 if __name__ == "__main__":
