@@ -243,3 +243,37 @@ def test_edge_store_keeps_its_faces_across_restarts_and_builds_the_index(tmp_pat
     info = reopened._collections[f"faces-{MODEL}-{SIZE}"].shard.info()
     assert info.indexed_vectors_count >= 300, "the HNSW index was built in the background"
     reopened.close()
+
+
+def test_concurrent_first_upserts_of_a_model_lose_nothing(monkeypatch) -> None:
+    """The search service runs store calls on a thread pool: the first upserts of a model,
+    made at once, must neither create its collection twice nor lose each other's points.
+    (Collection creation is slowed down so that the threads meet in it every time.)"""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = QdrantFaceStore(path=":memory:")
+    create = store.client.create_collection
+
+    def slow_create(*args, **kwargs):
+        time.sleep(0.05)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "create_collection", slow_create)
+    index = FaceIndex(store, MODELS, max_batch=100)
+    vectors, _ = face_like_vectors(np.random.default_rng(11), 4, 8)
+    batches = [
+        [NewFace(vectors[b * 8 + i], {"photo_id": f"p{b}-{i}", "photo_hash": f"h{b}-{i}"}) for i in range(8)]
+        for b in range(4)
+    ]
+    start = threading.Barrier(len(batches))
+
+    def upsert(batch):
+        start.wait()
+        return index.upsert("acme", MODEL, SIZE, batch)
+
+    with ThreadPoolExecutor(max_workers=len(batches)) as pool:
+        list(pool.map(upsert, batches))
+    assert index.count("acme", MODEL) == 32
+    store.close()

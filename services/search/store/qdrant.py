@@ -1,9 +1,18 @@
 """The qdrant backend: qdrant-client against a Qdrant server (``url``), or its
 local mode (a folder or ``:memory:``) for small set-ups and tests. Both speak
-the same client calls, so the local mode exercises the server path."""
+the same client calls, so the local mode exercises the server path.
+
+The search service calls a store from several threads. Creating a collection is a check
+then a create, so it is done under a lock (two first upserts of a model at once would
+otherwise both create it, and the second would drop what the first stored); and the local
+mode, which is plain Python without locks of its own, takes every call under that lock.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +40,8 @@ class QdrantFaceStore(FaceStore):
         hnsw_ef: int = 128,
         timeout_s: int = 30,
     ) -> None:
+        self._lock = threading.RLock()
+        self._local = not url
         if url:
             self.client = QdrantClient(url=url, timeout=timeout_s)
         elif path == ":memory:":
@@ -41,9 +52,21 @@ class QdrantFaceStore(FaceStore):
         self.hnsw_ef_construct = hnsw_ef_construct
         self.hnsw_ef = hnsw_ef
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Holds the lock for a call of the local mode (a server serialises its own)."""
+        if self._local:
+            with self._lock:
+                yield
+        else:
+            yield
+
     def ensure_collection(self, name: str, size: int) -> None:
-        if self.client.collection_exists(name):
-            return
+        with self._lock:
+            if not self.client.collection_exists(name):
+                self._create_collection(name, size)
+
+    def _create_collection(self, name: str, size: int) -> None:
         self.client.create_collection(
             name,
             vectors_config=models.VectorParams(size=size, distance=models.Distance.COSINE),
@@ -57,14 +80,16 @@ class QdrantFaceStore(FaceStore):
             self.client.create_payload_index(name, field_name=field, field_schema=schema)
 
     def collections(self) -> list[str]:
-        return sorted(c.name for c in self.client.get_collections().collections)
+        with self._exclusive():
+            return sorted(c.name for c in self.client.get_collections().collections)
 
     def upsert(self, name: str, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
         points = [
             models.PointStruct(id=point_id, vector=[float(v) for v in vector], payload=payload)
             for point_id, vector, payload in zip(ids, vectors, payloads, strict=True)
         ]
-        self.client.upsert(name, points=points, wait=True)
+        with self._exclusive():
+            self.client.upsert(name, points=points, wait=True)
 
     def query(
         self,
@@ -88,37 +113,43 @@ class QdrantFaceStore(FaceStore):
             )
             for vector in vectors
         ]
-        responses = self.client.query_batch_points(name, requests=requests)
+        with self._exclusive():
+            responses = self.client.query_batch_points(name, requests=requests)
         return [
             [ScoredFace(str(p.id), float(p.score), as_vector(p.vector), dict(p.payload or {})) for p in response.points]
             for response in responses
         ]
 
     def delete(self, name: str, conditions: Conditions) -> int:
-        matching = self.count(name, conditions)
-        if matching:
-            self.client.delete(name, points_selector=models.FilterSelector(filter=_filter(conditions)), wait=True)
+        with self._exclusive():
+            matching = self.count(name, conditions)
+            if matching:
+                selector = models.FilterSelector(filter=_filter(conditions))
+                self.client.delete(name, points_selector=selector, wait=True)
         return matching
 
     def count(self, name: str, conditions: Conditions) -> int:
-        return int(self.client.count(name, count_filter=_filter(conditions), exact=True).count)
+        with self._exclusive():
+            return int(self.client.count(name, count_filter=_filter(conditions), exact=True).count)
 
     def scroll(
         self, name: str, conditions: Conditions, limit: int, offset: str | None, with_vectors: bool = False
     ) -> tuple[list[StoredFace], str | None]:
-        records, next_offset = self.client.scroll(
-            name,
-            scroll_filter=_filter(conditions),
-            limit=limit,
-            offset=offset,
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
+        with self._exclusive():
+            records, next_offset = self.client.scroll(
+                name,
+                scroll_filter=_filter(conditions),
+                limit=limit,
+                offset=offset,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
         faces = [StoredFace(str(r.id), as_vector(r.vector), dict(r.payload or {})) for r in records]
         return faces, None if next_offset is None else str(next_offset)
 
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            self.client.close()
 
 
 def _filter(conditions: Conditions) -> models.Filter | None:
