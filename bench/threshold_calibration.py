@@ -1,13 +1,13 @@
-"""Calibrates the match threshold on the labelled photos: VAL at fixed FARs.
+"""Calibrates the match threshold on the labelled photos: the threshold for each target FAR,
+with the FAR's 95% upper bound and VAL, through the served pipeline.
 
-Same-person pairs: every two single-face photos of one labelled identity.
-Different-person pairs: single-face photos of different identities within a set, and
-every two faces of one group photo (people in one photo are different people).
-The faces go through the product's own detector (default settings, blurred faces
-skipped, as the gateway asks) and the served ONNX model run in-process
-(``create_embedder`` with the ``inprocess`` backend; ``facesearch models prepare``
-writes the model), exactly as the gateway sees them. Results go to
-bench/results/threshold_calibration.{json,md}.
+The whole suite runs in this process (``launcher.in_process.LocalSuite``: the detector, a
+real Triton serving the ``--models`` repository, search, the gateway, default settings)
+and the pairs are measured exactly as ``facesearch calibrate`` measures them
+(``cli.calibrate.measure``: one Identify similarity per pair; pairs as
+``evaluation.calibration`` labels them: same-person within a set, different-person within
+a set and across sets). Results go to bench/results/threshold_calibration.{json,md}; the
+gateway's facenet-casia default is the threshold for FAR 0.001 found here.
 
     python -m bench.threshold_calibration [--data ../shared/data] [--out bench/results]
     python -m bench.threshold_calibration --render bench/results/threshold_calibration.json
@@ -16,17 +16,15 @@ bench/results/threshold_calibration.{json,md}.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import itertools
-import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from bench.report import (
     DEFAULT_DATA,
+    REPO,
     RESULTS,
     LoadMeter,
     load_line,
@@ -36,130 +34,110 @@ from bench.report import (
     settings_of,
     write_results,
 )
-from evaluation.measures import operating_point, threshold_at_far
+from cli.calibrate import measure
+from evaluation.calibration import calibrate, labelled_pairs, load_labels
+from evaluation.measures import operating_point
 from gateway.settings import DEFAULT_THRESHOLDS
-from services.detector.backends import create_backend
-from services.detector.detection import FaceDetector
-from services.detector.images import ImageLimits, decode_image
-from services.detector.settings import DetectorSettings
-from services.embedder.client.factory import create_embedder
-from services.embedder.serving.provisioning import prepare_models
-from services.embedder.settings import EmbedderSettings
+from launcher.in_process import KEYS, LocalSuite, prepare_model_repository
+from sdk.client import FaceSearchClient
 
 NAME = "threshold_calibration"
 TARGET_FARS = (0.001, 0.01, 0.05, 0.1)
+TENANT = "calibration"
 
 
-def embed_photos(
-    data: Path, detector_settings: DetectorSettings, embedder_settings: EmbedderSettings
-) -> dict[tuple[str, str], np.ndarray]:
-    """(set, photo) -> vectors of its faces, largest first."""
-    labels = json.loads((data / "labels.json").read_text())["sets"]
-    detector = FaceDetector(create_backend(detector_settings), detector_settings)
-    limits = ImageLimits(detector_settings.max_image_bytes, detector_settings.max_image_pixels)
-    options = dataclasses.replace(detector.default_options(), skip_blurred=True)  # as the gateway asks
-    prepare_models(embedder_settings, flavours=["onnx-python"])
-
-    async def embed_all() -> dict[tuple[str, str], np.ndarray]:
-        vectors = {}
-        async with create_embedder(embedder_settings) as embedder:
-            for set_name, labelled in labels.items():
-                for name in labelled["photos"]:
-                    content = (data / set_name / name).read_bytes()
-                    image = decode_image(content, limits, min_side=detector_settings.max_side)
-                    [detection] = detector.detect([image], options)
-                    if detection.faces:
-                        crops = np.stack([face.crop for face in detection.faces])
-                        vectors[(set_name, name)] = (await embedder.embed(crops)).vectors
-        return vectors
-
-    return asyncio.run(embed_all())
-
-
-def pairs(data: Path, vectors: dict[tuple[str, str], np.ndarray]) -> tuple[list[float], list[float]]:
-    labels = json.loads((data / "labels.json").read_text())["sets"]
-    genuine, impostor = [], []
-    singles = [
-        (set_name, photo["people"][0], vectors[(set_name, name)][0])
-        for set_name, labelled in labels.items()
-        for name, photo in labelled["photos"].items()
-        if photo["faces"] == 1 and len(photo["people"]) == 1 and len(vectors.get((set_name, name), ())) == 1
-    ]
-    for (set_a, person_a, a), (set_b, person_b, b) in itertools.combinations(singles, 2):
-        if set_a == set_b:
-            (genuine if person_a == person_b else impostor).append(float(a @ b))
-    for faces in vectors.values():
-        impostor += [float(a @ b) for a, b in itertools.combinations(faces, 2)]
-    return genuine, impostor
-
-
-def calibrate(genuine: list[float], impostor: list[float], model_id: str) -> dict:
-    """The operating points at the target FARs and at the configured default threshold."""
-    default = DEFAULT_THRESHOLDS[model_id]
-
-    def point(p) -> dict:
-        return {
-            "threshold": round(p.threshold, 4),
-            "l2_distance": round(float(np.sqrt(max(0.0, 2 - 2 * p.threshold))), 4),
-            "far": round(p.far, 4),
-            "val": round(p.val, 4),
-        }
-
+def run(data: Path, models: Path) -> dict:
+    photos = load_labels(data / "labels.json")
+    embedder = prepare_model_repository(models)
+    with tempfile.TemporaryDirectory(prefix="facesearch-calibration-") as work:
+        suite = LocalSuite(Path(work), embedder)
+        try:
+            with FaceSearchClient(suite.address, KEYS[TENANT], timeout_s=300) as client:
+                model = client.stats().settings.model
+                scored = measure(client, photos, print)
+            detector, gateway = settings_of(suite.detector.server.settings), settings_of(suite.gateway_settings)
+        finally:
+            suite.stop()
+    genuine, impostor = labelled_pairs(scored)
+    _, within_set = labelled_pairs((a, b, s) for a, b, s in scored if a.photo.set_name == b.photo.set_name)
+    at_target = [calibrate(genuine, impostor, far) for far in TARGET_FARS]
+    faces = {(a.photo.key, a.index) for a, _, _ in scored} | {(b.photo.key, b.index) for _, b, _ in scored}
+    default = DEFAULT_THRESHOLDS[model.id]
+    at_default = operating_point(genuine, impostor, default)
     return {
-        "model_id": model_id,
+        "model": {"id": model.id, "version": model.version},
+        "detector_settings": detector,
+        "gateway_settings": gateway,
+        "photos": len(photos),
+        "photos_with_faces": len({key for key, _ in faces}),
+        "faces": len(faces),
         "pairs": {"same_person": len(genuine), "different_person": len(impostor)},
-        "at_target_far": [
-            {"target_far": far, **point(threshold_at_far(genuine, impostor, far))} for far in TARGET_FARS
-        ],
-        "configured_default": point(operating_point(genuine, impostor, default)),
-        "same_person_similarity": {
-            "mean": round(float(np.mean(genuine)), 4),
-            "min": round(float(np.min(genuine)), 4),
+        "at_target_far": [c.as_dict() for c in at_target],
+        "within_set": {
+            "different_person": len(within_set),
+            "far_at_target_thresholds": [
+                round(operating_point(genuine, within_set, c.threshold).far, 5) for c in at_target
+            ],
         },
+        "configured_default": {
+            "threshold": default,
+            "l2_distance": round(float(np.sqrt(2 - 2 * default)), 4),
+            "far": round(at_default.far, 6),
+            "val": round(at_default.val, 4),
+        },
+        "same_person_similarity": {"mean": round(float(np.mean(genuine)), 4), "min": round(float(np.min(genuine)), 4)},
         "different_person_similarity": {
             "mean": round(float(np.mean(impostor)), 4),
             "max": round(float(np.max(impostor)), 4),
         },
-        "one_pair_far": round(1 / len(impostor), 5),
     }
 
 
 def markdown(result: dict) -> str:
     c = result["calibration"]
     default = c["configured_default"]
+    detector = c["detector_settings"]
     lines = [
-        f"# Match threshold calibration ({c['model_id']})",
+        f"# Match threshold calibration ({c['model']['id']})",
         "",
         machine_line(result["machine"]),
         "",
         load_line(result["load"]),
         "",
-        f"Command: `{result['command']}`. Detector: backend {result['detector_settings']['backend']}, "
-        f"min_confidence {result['detector_settings']['min_confidence']}, blurred faces skipped; embedder: "
-        f"{result['embedder_settings']['backend']}, model {result['embedder_settings']['model_id']} version "
-        f"{result['embedder_settings']['model_version']}.",
+        f"Command: `{result['command']}`: the whole suite in this process (detector backend {detector['backend']}, "
+        f"min_confidence {detector['min_confidence']}; Triton serving {c['model']['id']} version "
+        f"{c['model']['version']}; gateway defaults), the similarities read through the gateway as "
+        "`facesearch calibrate` reads them (one Identify similarity per pair).",
         "",
-        f"Pairs: {c['pairs']['same_person']} same-person, {c['pairs']['different_person']} different-person "
-        f"(the {result['photos_with_faces']} labelled photos of {result['data']} with a face found: single-face "
-        "photos within a set, and faces of one group photo).",
+        f"Pairs: {c['pairs']['same_person']} same-person, {c['pairs']['different_person']} different-person, among "
+        f"the {c['faces']} faces found in {c['photos_with_faces']} of the {c['photos']} labelled photos of "
+        f"{result['data']} (same-person: two photos of one identity of a set; different-person: different "
+        "identities within a set, and any two faces of different sets, except people two sets name alike).",
         "",
-        "| target FAR | threshold (cosine) | L2 distance | FAR | VAL |",
-        "|---|---|---|---|---|",
+        "| target FAR | threshold (cosine) | L2 distance | FAR | FAR 95% upper bound | VAL |",
+        "|---|---|---|---|---|---|",
     ]
     for p in c["at_target_far"]:
         lines.append(
-            f"| {p['target_far']:g} | {p['threshold']:.3f} | {p['l2_distance']:.3f} | {p['far']:.4f} | {p['val']:.3f} |"
+            f"| {p['target_far']:g} | {p['threshold']:.4f} | {p['l2_distance']:.3f} | {p['far']:.5f} "
+            f"({p['impostors_accepted']} pairs) | {p['far_upper']:.5f} | {p['val']:.3f} |"
         )
+    within = c["within_set"]
     lines += [
         "",
-        f"Configured default {default['threshold']} (L2 {default['l2_distance']:.3f}): FAR {default['far']:.4f}, "
-        f"VAL {default['val']:.3f}.",
+        f"The different-person pairs of one set alone ({within['different_person']}: people photographed alike, "
+        "the harder strangers) are accepted more often: at these thresholds their FAR is "
+        + ", ".join(f"{far:.4f}" for far in within["far_at_target_thresholds"])
+        + ".",
+        "",
+        f"Threshold {default['threshold']} (L2 {default['l2_distance']:.3f}), the default when this ran: "
+        f"FAR {default['far']:.5f}, VAL {default['val']:.3f}.",
         "",
         f"Same-person similarity: mean {c['same_person_similarity']['mean']:.3f}, min "
         f"{c['same_person_similarity']['min']:.3f}. Different-person: mean "
         f"{c['different_person_similarity']['mean']:.3f}, max {c['different_person_similarity']['max']:.3f}.",
         "",
-        f"One different-person pair is a FAR of {c['one_pair_far']:.4f} here.",
+        f"One different-person pair is a FAR of {1 / c['pairs']['different_person']:.6f} here.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -167,6 +145,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with labels.json")
+    parser.add_argument("--models", type=Path, default=REPO / "var" / "models", help="model repository")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--render", type=Path, help="only rewrite the markdown beside this results JSON file")
     args = parser.parse_args()
@@ -175,22 +154,16 @@ def main() -> None:
         return
     meter = LoadMeter()
     meter.start()
-    detector_settings = DetectorSettings()
-    embedder_settings = EmbedderSettings(backend="inprocess")
-    vectors = embed_photos(args.data, detector_settings, embedder_settings)
-    genuine, impostor = pairs(args.data, vectors)
+    calibration = run(args.data, args.models)
     load = meter.summary()
     meter.stop()
     result = {
         "benchmark": NAME,
         "command": " ".join(["python -m bench.threshold_calibration", *sys.argv[1:]]),
         "data": str(args.data),
-        "photos_with_faces": len(vectors),
-        "detector_settings": settings_of(detector_settings),
-        "embedder_settings": settings_of(embedder_settings),
-        "calibration": calibrate(genuine, impostor, embedder_settings.model_id),
+        "calibration": calibration,
         "load": load,
-        "machine": machine_facts(["torch", "onnxruntime", "numpy", "facenet-pytorch"]),
+        "machine": machine_facts(["torch", "onnxruntime", "numpy", "tritonclient", "qdrant-client"]),
     }
     json_path, md_path = write_results(args.out, NAME, result, markdown)
     print(md_path.read_text())

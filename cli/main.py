@@ -6,6 +6,7 @@ work is done by a handler in the module named after what it talks to:
 - ``cli.detect``: a running detector (``detect``);
 - ``cli.archive``: the gateway (``index``, ``enroll``, ``verify``, ``identify``, ``findme``,
   ``people``, ``delete-person``, ``delete-photo``, ``stats``);
+- ``cli.calibrate``: the gateway, on labelled photos (``calibrate``);
 - ``cli.keys``: the gateway's API keys file (``keys add``).
 
 Exit statuses: ``cli.exit_status``.
@@ -19,9 +20,11 @@ from pathlib import Path
 
 from cli import archive, local
 from cli.archive import API_KEY_VARIABLE
+from cli.calibrate import calibrate_threshold
 from cli.detect import detect as detect_photos
 from cli.keys import keys_add
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE
+from gateway.settings import LOCAL_THRESHOLDS_FILE
 from services.embedder.serving.flavours import FLAVOURS
 
 
@@ -112,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     delete_photo = command("delete-photo", "delete an indexed photo and its faces", archive.delete_photo)
     delete_photo.add_argument("photo_id")
     command("stats", "what the tenant has stored", archive.stats)
+    calibrate = command(
+        "calibrate",
+        "choose the match threshold for a target FAR on labelled photos, through the gateway, and store it",
+        calibrate_threshold,
+    )
+    calibrate.add_argument(
+        "dataset", type=Path, metavar="DATASET", help="a labels.json file, or a folder with a subfolder per person"
+    )
+    calibrate.add_argument("--far", type=float, default=1e-3, help="target false-accept rate (default 0.001)")
+    calibrate.add_argument(
+        "--thresholds-file",
+        type=Path,
+        default=LOCAL_THRESHOLDS_FILE,
+        help=f"where the threshold is stored per model, the gateway reads it (default {LOCAL_THRESHOLDS_FILE})",
+    )
 
     # --- API keys ------------------------------------------------------------------------------
     keys = commands.add_parser("keys", help="API keys of the gateway")

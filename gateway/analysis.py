@@ -144,7 +144,7 @@ def _crop_pixels(crop: common_pb2.AlignedCrop, shape: tuple[int, int, int]) -> n
         raise GatewayError(
             grpc.StatusCode.INTERNAL,
             f"the detector returned a {crop.width}x{crop.height} crop; the embedding model needs {side}x{side} "
-            f"(set the detector's crop size to {side})",
+            "(set the detector's embedding_model to the embedder's model: its alignment and crop size)",
         )
     return np.frombuffer(crop.rgb, dtype=np.uint8).reshape(shape)
 

@@ -53,12 +53,13 @@ class GatewayServer(GrpcServer):
         return analyser, model
 
     def _add_servicer(self, _: object, server) -> None:
-        settings: GatewaySettings = self.settings  # type: ignore[assignment]
+        settings: GatewaySettings = self.settings.with_calibrated_thresholds()  # type: ignore[attr-defined]
         search = SearchClient(settings.search_address, settings.retry_policy(), settings.max_message_mb)
         self.on_stop(search.close)
         analyser, model = self.analyser(settings)
         deps = Dependencies(settings, analyser, search, model, GatewayMetrics(self.metrics.registry))
-        deps.threshold()  # the model in use must have a threshold: fail at start, not per call
+        threshold = deps.threshold()  # the model in use must have a threshold: fail at start, not per call
+        log.info("model %s: similarity threshold %s", deps.model_id, threshold)
         facesearch_pb2_grpc.add_FaceSearchServicer_to_server(FaceSearchService(deps, self.keys), server)
 
 

@@ -11,6 +11,7 @@ API keys are never stored in the clear: ``api_keys_file`` and ``api_keys`` hold 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -19,10 +20,14 @@ from services.runtime.channels import MAX_ATTEMPTS, RetryPolicy
 from services.runtime.page_tokens import PageTokenKey, key_bytes
 from services.runtime.settings import ServiceSettings
 
-# Minimum cosine similarity for "same person", per embedding model. facenet-casia:
-# measured on the labelled photos of ../shared/data (see docs/gateway.md); the
-# vggface2 weights cannot be fetched here, so theirs is the value usually quoted.
-DEFAULT_THRESHOLDS = {"facenet-casia": 0.45, "facenet-vggface2": 0.40}
+# Minimum cosine similarity for "same person", per embedding model. facenet-casia: the
+# lowest threshold with FAR <= 0.001 on the labelled photos of ../shared/data through the
+# served pipeline (bench/results/threshold_calibration.md: FAR 0.00098 on 16,339
+# different-person pairs, 95% upper bound 0.00149, VAL 0.903 on 114 same-person pairs).
+# facenet-vggface2: not calibrated here (its weights cannot be fetched offline); the value
+# usually quoted. `facesearch calibrate` measures either on your own photos.
+DEFAULT_THRESHOLDS = {"facenet-casia": 0.5534, "facenet-vggface2": 0.40}
+LOCAL_THRESHOLDS_FILE = Path("var/gateway/thresholds.json")
 
 
 class GatewaySettings(ServiceSettings):
@@ -39,6 +44,11 @@ class GatewaySettings(ServiceSettings):
 
     similarity_thresholds: dict[str, float] = Field(
         DEFAULT_THRESHOLDS, description="Cosine similarity counted as the same person, per model id."
+    )
+    thresholds_file: Path | None = Field(
+        LOCAL_THRESHOLDS_FILE,
+        description="Thresholds written by `facesearch calibrate`, read at start; they replace "
+        "similarity_thresholds for the models they name. Missing: not used.",
     )
 
     request_timeout_s: float = Field(
@@ -85,10 +95,22 @@ class GatewaySettings(ServiceSettings):
     @field_validator("similarity_thresholds")
     @classmethod
     def _valid_thresholds(cls, thresholds: dict[str, float]) -> dict[str, float]:
-        for model_id, value in thresholds.items():
-            if not -1.0 <= value <= 1.0:
-                raise ValueError(f"threshold of {model_id!r} must be a cosine similarity in [-1, 1], got {value}")
-        return thresholds
+        return _checked_thresholds(thresholds)
+
+    def with_calibrated_thresholds(self) -> GatewaySettings:
+        """These settings with the thresholds of ``thresholds_file`` (if there is one) in
+        place of the configured ones for the models it names."""
+        path = self.thresholds_file
+        if path is None or not path.is_file():
+            return self
+        try:
+            models = json.loads(path.read_text())["models"]
+            calibrated = _checked_thresholds(
+                {model_id: float(entry["threshold"]) for model_id, entry in models.items()}
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path} is not a thresholds file of `facesearch calibrate`: {error!r}") from None
+        return self.model_copy(update={"similarity_thresholds": {**self.similarity_thresholds, **calibrated}})
 
     def retry_policy(self) -> RetryPolicy:
         """How the gateway's channels retry a call answered UNAVAILABLE."""
@@ -103,3 +125,10 @@ class GatewaySettings(ServiceSettings):
             known = ", ".join(sorted(self.similarity_thresholds))
             raise ValueError(f"no similarity threshold configured for model {model_id!r} (configured: {known})")
         return self.similarity_thresholds[model_id]
+
+
+def _checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
+    for model_id, value in thresholds.items():
+        if not -1.0 <= value <= 1.0:
+            raise ValueError(f"threshold of {model_id!r} must be a cosine similarity in [-1, 1], got {value}")
+    return thresholds

@@ -21,7 +21,12 @@ from services.search.server import build_server as build_search
 from services.search.settings import SearchSettings
 
 # Tenants and their keys (the gateway only knows the hashes).
-KEYS = {"acme": "fs_test_acme_key", "globex": "fs_test_globex_key", "cli": "fs_test_cli_key"}
+KEYS = {
+    "acme": "fs_test_acme_key",
+    "globex": "fs_test_globex_key",
+    "cli": "fs_test_cli_key",
+    "calibration": "fs_test_calibration_key",  # `facesearch calibrate` needs a tenant without people
+}
 READ_ONLY_KEY = ("acme", "fs_test_acme_read_only")
 
 
@@ -62,7 +67,7 @@ class LocalSuite:
             downstream_retries=2,
             retry_backoff_s=0.1,
             metrics_port=0,
-            **gateway_overrides,
+            **{"thresholds_file": None, **gateway_overrides},
         )
         self.gateway = BackgroundServer(
             build_gateway(self.gateway_settings, self.embedder, ApiKeys.parse(lines, "test keys"))

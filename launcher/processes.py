@@ -60,6 +60,8 @@ def default_suite() -> list[ServiceProcess]:
         "FACESEARCH_GATEWAY_SEARCH_ADDRESS": f"127.0.0.1:{search.port}",
         "FACESEARCH_EMBEDDER_TRITON_URL": f"127.0.0.1:{embedder.port}",
     }
+    if gateway.thresholds_file is not None:  # where `facesearch calibrate`, run from here, writes
+        gateway_env["FACESEARCH_GATEWAY_THRESHOLDS_FILE"] = str(gateway.thresholds_file.resolve())
     key_note = ""
     if gateway.api_keys_file is None and not gateway.api_keys:
         keys_file, key_file = ensure_local_key()

@@ -9,10 +9,14 @@ import shutil
 import pytest
 
 from cli.main import main
-from gateway.auth import ApiKeys
+from gateway.auth import ApiKeys, key_line
+from gateway.server import build_server
+from gateway.settings import DEFAULT_THRESHOLDS
 from launcher.in_process import KEYS
+from sdk.client import FaceSearchClient
+from services.runtime.background import BackgroundServer
 from services.runtime.ports import free_ports
-from tests.conftest import photo_path
+from tests.conftest import DATA, photo_path
 
 
 @pytest.fixture
@@ -112,3 +116,57 @@ def test_keys_add_prints_a_key_that_only_its_hash_is_stored_for(tmp_path, capsys
     caller = ApiKeys.load(path).authenticate([("authorization", f"Bearer {key}")])
     assert (caller.tenant, caller.scope) == ("hooli", "read")
     assert main(["keys", "add", "bad tenant", "--file", str(path)]) == 2
+
+
+def test_calibrate_stores_the_threshold_a_gateway_started_after_it_serves(cli, suite, tmp_path):
+    subset = {
+        "facenet": ["bill_gates_1.jpg", "bill_gates_2.jpg", "bill_gates_3.jpg", "yao_ming_3.jpg", "yao_ming_4.jpg"],
+        "face_recognition": ["obama_biden_1.jpg"],
+    }
+    labels = json.loads((DATA / "labels.json").read_text())["sets"]
+    small = {
+        "sets": {s: {**labels[s], "photos": {n: labels[s]["photos"][n] for n in names}} for s, names in subset.items()}
+    }
+    for set_name, names in subset.items():
+        (tmp_path / set_name).mkdir()
+        for name in names:
+            shutil.copy(photo_path(set_name, name), tmp_path / set_name / name)
+    (tmp_path / "labels.json").write_text(json.dumps(small))
+    stored = tmp_path / "var" / "thresholds.json"
+    args = ["calibrate", str(tmp_path / "labels.json"), "--far", "0.1", "--thresholds-file", str(stored)]
+
+    # Another person of the tenant would take a place among Identify's candidates: refused.
+    with FaceSearchClient(suite.address, KEYS["calibration"]) as client:
+        someone = client.enroll("someone", [photo_path("facenet", "zhao_wei_1.jpg")]).person_id
+        try:
+            status, _, err = cli(*args, key=KEYS["calibration"])
+        finally:
+            client.delete_person(someone)
+    assert status == 2 and "enrolled people" in err and not stored.exists()
+
+    status, out, err = cli(*args, key=KEYS["calibration"])
+    assert status == 0, err
+    entry = json.loads(stored.read_text())["models"]["facenet-casia"]
+    # Same-person: 3 pairs of Gates, 1 of Yao; different-person: 6 between the two of them
+    # and each of the 5 against the 2 faces of the other set's photo.
+    assert entry["pairs"] == {"same_person": 4, "different_person": 16}
+    assert entry["target_far"] == 0.1 and entry["far"] <= 0.1 < entry["far_upper"] and 0 < entry["val"] <= 1
+    assert entry["impostors_accepted"] == round(entry["far"] * 16)
+    assert f"threshold {entry['threshold']:.4f}" in out and "4 same-person pairs" in out
+    assert cli("people", key=KEYS["calibration"])[1].strip() == "", "the people it enrolled are deleted"
+
+    # The running gateway keeps its threshold; one started on the file serves the calibrated one.
+    with FaceSearchClient(suite.address, KEYS["calibration"]) as client:
+        assert client.stats().settings.similarity_threshold == pytest.approx(DEFAULT_THRESHOLDS["facenet-casia"])
+    [port] = free_ports(1)
+    settings = suite.gateway_settings.model_copy(update={"port": port, "thresholds_file": stored})
+    keys = ApiKeys.parse([key_line("calibration", KEYS["calibration"])], "test keys")
+    with (
+        BackgroundServer(build_server(settings, suite.embedder, keys)) as gateway,
+        FaceSearchClient(gateway.address, KEYS["calibration"]) as client,
+    ):
+        reported = client.stats().settings
+        assert reported.model.id == "facenet-casia"
+        assert reported.similarity_threshold == pytest.approx(entry["threshold"])
+        verdict = client.verify(photo_path("facenet", "bill_gates_1.jpg"), photo_path("facenet", "bill_gates_2.jpg"))
+        assert verdict.settings.similarity_threshold == pytest.approx(entry["threshold"])

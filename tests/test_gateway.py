@@ -23,6 +23,7 @@ from facesearch.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
+from gateway.settings import DEFAULT_THRESHOLDS
 from launcher.in_process import KEYS, READ_ONLY_KEY, LocalSuite
 from sdk.client import AsyncFaceSearchClient, FaceSearchClient, FaceSearchError
 from tests.conftest import DATA, photo_bytes
@@ -201,6 +202,12 @@ def test_bad_photos_in_a_stream_fail_alone(archive, acme) -> None:
 # --- FindMe -----------------------------------------------------------------------------------
 
 
+# Recall of FindMe at the default threshold (chosen for FAR 0.001) and at 0.45 given per call
+# (FAR about 0.01 on the labelled pairs). Photos of W in masks, sunglasses or far away score below it:
+# many are found at 0.45, not at the stricter default.
+FINDME_RECALL = {"M": (0.8, 0.8), "W": (0.45, 0.8)}
+
+
 @pytest.mark.parametrize(("person", "reference"), [("M", "2.jpg"), ("W", "6.jpg")])
 def test_findme_finds_the_photos_of_an_enrolled_person(archive, acme, labels, person, reference) -> None:
     enrolled = acme.enroll(f"person {person}", [photo("photoprism", reference, f"enrol-{person}")])
@@ -218,9 +225,14 @@ def test_findme_finds_the_photos_of_an_enrolled_person(archive, acme, labels, pe
         f"\nFindMe {person} (enrolled from {reference}): precision {precision:.2f}, recall {recall:.2f}, "
         f"{len(found)} photos, missed {sorted(truth - set(found))}"
     )
-    assert precision >= 0.9 and recall >= 0.8
+    at_default, at_lower = FINDME_RECALL[person]
+    assert precision >= 0.9 and recall >= at_default
     threshold = acme.find_me(person_id=enrolled.person_id).settings.similarity_threshold
+    assert threshold == pytest.approx(DEFAULT_THRESHOLDS["facenet-casia"])
     assert all(m.similarity >= threshold for m in matches)
+    lower = {m.photo_id for m in acme.find_me_all(person_id=enrolled.person_id, threshold=0.45)}
+    assert lower >= set(found) and len(lower & truth) / len(lower) >= 0.9
+    assert len(lower & truth) / len(truth) >= at_lower
     # Each match points at the face: for single-face photos, the box the detector found.
     for match in matches:
         assert match.box.x_max > match.box.x_min and match.box.y_max > match.box.y_min
@@ -339,7 +351,7 @@ def test_identify_names_enrolled_people_and_unknown_faces(suite) -> None:
             assert face.candidates[0].display_name == f"Person {name}"
         strangers = client.identify(photo("compreface", "011_3.jpg"))
         assert len(strangers.faces) == 3 and all(f.unknown and not f.candidates for f in strangers.faces)
-        assert strangers.settings.similarity_threshold == pytest.approx(0.45)
+        assert strangers.settings.similarity_threshold == pytest.approx(DEFAULT_THRESHOLDS["facenet-casia"])
         people = {p.display_name: p.reference_faces for p in client.list_people()}
         assert people == {"Person A": 1, "Person B": 1, "Person C": 1}
         for person_id in ids.values():

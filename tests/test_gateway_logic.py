@@ -213,7 +213,13 @@ def start_gateway(search_address: str, **overrides) -> Gateway:
         log_format="text",
         search_address=search_address,
         detector_address="127.0.0.1:1",  # never called: the fake analyser stands for it
-        **{"downstream_retries": 2, "retry_backoff_s": 0.05, "request_timeout_s": 20, **overrides},
+        **{
+            "downstream_retries": 2,
+            "retry_backoff_s": 0.05,
+            "request_timeout_s": 20,
+            "thresholds_file": None,
+            **overrides,
+        },
     )
     analyser = FakeAnalyser()
     return Gateway(BackgroundServer(FakeAnalyserGateway(settings, analyser)), analyser)

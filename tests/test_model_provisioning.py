@@ -172,7 +172,7 @@ def test_the_other_services_follow_the_model_contract(monkeypatch: pytest.Monkey
     monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
     detector = DetectorSettings()
     assert (detector.crop_size, detector.crop_margin) == (DEFAULT_MODEL.crop.side, DEFAULT_MODEL.crop.margin)
-    assert SearchSettings().models == {"facenet-casia": 512, "facenet-vggface2": 512}
+    assert SearchSettings().models == {"facenet-casia": 512, "facenet-vggface2": 512, "dlib-resnet": 128}
     for model in models.MODELS:
         assert sources.loader(model.weights).source == model.weights
     with pytest.raises(sources.WeightsSourceError, match="unknown weights 'imagenet'"):

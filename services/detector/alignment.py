@@ -1,14 +1,20 @@
 """Face alignment: a similarity transform that puts the five landmarks where the
-embedding model expects them, then a resampled square crop."""
+embedding model expects them, then a resampled square crop.
+
+Each embedding model names its alignment (``CropGeometry.alignment`` in
+``services.embedder.models``); ``TEMPLATES`` holds the landmark template of each."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from services.embedder.models import DLIB_CHIP, FIVE_POINT_SIMILARITY
+
 # Where the eyes, nose tip and mouth corners of a frontal face lie in a tightly
 # framed square crop, as fractions of its side (left eye, right eye, nose,
-# mouth left, mouth right). The widely used five-point face template.
+# mouth left, mouth right; left and right as seen in the image). The widely
+# used five-point face template.
 CANONICAL_LANDMARKS = np.array(
     [
         [0.34191, 0.46157],
@@ -21,7 +27,65 @@ CANONICAL_LANDMARKS = np.array(
 )
 
 
-def template(size: int, margin: float) -> np.ndarray:
+def _dlib_chip_landmarks() -> np.ndarray:
+    """The five points of ``CANONICAL_LANDMARKS`` in dlib's face chip, without padding.
+
+    dlib's get_face_chip_details(shape, size, padding) maps its mean face, 68 landmarks
+    (iBUG numbering) averaged over its training faces in a unit square, onto the chip by a
+    similarity transform, point p going to (padding + p) / (1 + 2 * padding) * size. Its face
+    descriptor network was trained on such chips (size 150, padding 0.25). dlib publishes that
+    mean face for landmarks 17-67; the points a five-point detector gives are, in it: each
+    eye's centre, the mean of its six contour points (36-41 and 42-47), the nose tip (30),
+    the mouth corners (48, 54). Those five points in the unit square are this template; the
+    padding is then ``template``'s margin: (padding + p) / (1 + 2 * padding) is
+    (p - 0.5) * (1 - 2 * margin) + 0.5 with margin = padding / (1 + 2 * padding), 1/6 for
+    dlib's 0.25.
+    """
+    # dlib's mean face (x, y) of the landmarks used, by landmark number.
+    mean_face = {
+        30: (0.490127, 0.515625),
+        36: (0.121737, 0.216423),
+        37: (0.187122, 0.178758),
+        38: (0.265825, 0.179852),
+        39: (0.334606, 0.231733),
+        40: (0.260918, 0.245099),
+        41: (0.182743, 0.244077),
+        42: (0.645647, 0.231733),
+        43: (0.714428, 0.179852),
+        44: (0.793132, 0.178758),
+        45: (0.858516, 0.216423),
+        46: (0.797510, 0.244077),
+        47: (0.719335, 0.245099),
+        48: (0.254149, 0.780233),
+        54: (0.726104, 0.780233),
+    }
+
+    def centre(numbers: range) -> np.ndarray:
+        return np.mean([mean_face[n] for n in numbers], axis=0)
+
+    # Landmarks 36-41 are the eye on the image's left (the subject's right).
+    points = [centre(range(36, 42)), centre(range(42, 48)), mean_face[30], mean_face[48], mean_face[54]]
+    return np.array(points, dtype=np.float64)
+
+
+DLIB_CHIP_LANDMARKS = _dlib_chip_landmarks()
+
+# The tight landmark template of each alignment (the models' CropGeometry.alignment).
+TEMPLATES: dict[str, np.ndarray] = {
+    FIVE_POINT_SIMILARITY: CANONICAL_LANDMARKS,
+    DLIB_CHIP: DLIB_CHIP_LANDMARKS,
+}
+
+
+def landmark_template(alignment: str) -> np.ndarray:
+    """The tight template (fractions of the side) of the alignment named ``alignment``."""
+    try:
+        return TEMPLATES[alignment]
+    except KeyError:
+        raise ValueError(f"unknown alignment {alignment!r} (one of {', '.join(map(repr, TEMPLATES))})") from None
+
+
+def template(size: int, margin: float, alignment: str = FIVE_POINT_SIMILARITY) -> np.ndarray:
     """Target landmark positions in a size x size crop with ``margin`` extra context.
 
     ``margin`` is the fraction of the crop side added around the tight template
@@ -30,7 +94,7 @@ def template(size: int, margin: float) -> np.ndarray:
     if not 0 <= margin < 0.5:
         raise ValueError(f"crop margin must be in [0, 0.5), got {margin}")
     centre = np.array([0.5, 0.5])
-    return ((CANONICAL_LANDMARKS - centre) * (1 - 2 * margin) + centre) * size
+    return ((landmark_template(alignment) - centre) * (1 - 2 * margin) + centre) * size
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -54,10 +118,16 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 160, margin: float = 0.1) -> np.ndarray:
+def align_face(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    size: int = 160,
+    margin: float = 0.1,
+    alignment: str = FIVE_POINT_SIMILARITY,
+) -> np.ndarray:
     """Returns the size x size x 3 aligned crop of the face with these landmarks
-    (pixel coordinates of ``image``)."""
-    matrix = similarity_transform(landmarks, template(size, margin))
+    (pixel coordinates of ``image``), onto the template of ``alignment``."""
+    matrix = similarity_transform(landmarks, template(size, margin, alignment))
     scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
     if scale < 0.5:
         # Shrinking by more than 2x in one warp aliases; pre-shrink the face's

@@ -133,7 +133,13 @@ class FaceDetector:
             box = candidate.box / scale
             landmarks = candidate.landmarks / scale
             try:
-                crop = align_face(image.pixels, landmarks * image.scale, self.settings.crop_size, options.crop_margin)
+                crop = align_face(
+                    image.pixels,
+                    landmarks * image.scale,
+                    self.settings.crop_size,
+                    options.crop_margin,
+                    self.settings.alignment,
+                )
             except ValueError:  # all landmarks at one point: nothing a face could be aligned on
                 continue
             variance = blur_variance(crop)

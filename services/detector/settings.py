@@ -1,4 +1,10 @@
-"""Detector settings (environment: FACESEARCH_DETECTOR_<FIELD>; file: [detector])."""
+"""Detector settings (environment: FACESEARCH_DETECTOR_<FIELD>; file: [detector]).
+
+One detector makes the crops of one embedding model: ``embedding_model`` names it (a
+registered model's id, ``services.embedder.models``; default the default model). Its crop's
+alignment is the detector's, and ``crop_size`` and ``crop_margin`` follow its crop unless
+they are set themselves.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.embedder.models import DEFAULT_MODEL
+from services.embedder import models
+from services.embedder.models import DEFAULT_MODEL, EmbeddingModel
 from services.runtime.settings import ServiceSettings
 
 
@@ -39,12 +46,30 @@ class DetectorSettings(ServiceSettings):
     blur_threshold: float = Field(
         20.0, ge=0, description="Faces with a Laplacian variance below this are flagged blurred."
     )
+    embedding_model: str = Field(
+        DEFAULT_MODEL.id,
+        description="Id of the embedding model whose crops are made: its alignment, crop size and margin.",
+    )
     crop_size: int = Field(
-        DEFAULT_MODEL.crop.side, ge=32, le=1024, description="Side of the aligned crop (the embedding model's)."
+        DEFAULT_MODEL.crop.side,
+        ge=32,
+        le=1024,
+        description="Side of the aligned crop (default: the embedding model's).",
     )
     crop_margin: float = Field(
-        DEFAULT_MODEL.crop.margin, ge=0, lt=0.5, description="Context around the face in the crop (the model's)."
+        DEFAULT_MODEL.crop.margin,
+        ge=0,
+        lt=0.5,
+        description="Context around the face in the crop (default: the embedding model's).",
     )
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _registered_model(cls, value: str) -> str:
+        from services.detector.alignment import landmark_template
+
+        landmark_template(models.by_id(value).crop.alignment)  # both raise ValueError naming the known ones
+        return value
 
     @field_validator("retry_confidences")
     @classmethod
@@ -54,6 +79,25 @@ class DetectorSettings(ServiceSettings):
         if values != sorted(values, reverse=True) or len(set(values)) != len(values):
             raise ValueError("retry confidences must be strictly decreasing")
         return values
+
+    @model_validator(mode="after")
+    def _crop_of_the_model(self) -> DetectorSettings:
+        # Only the defaults follow: a value that was set (init, environment, file) is kept.
+        if "crop_size" not in self.model_fields_set:
+            self.crop_size = self.model.crop.side
+        if "crop_margin" not in self.model_fields_set:
+            self.crop_margin = self.model.crop.margin
+        return self
+
+    @property
+    def model(self) -> EmbeddingModel:
+        """The embedding model whose crops this detector makes."""
+        return models.by_id(self.embedding_model)
+
+    @property
+    def alignment(self) -> str:
+        """How faces are aligned onto the crop: the embedding model's alignment."""
+        return self.model.crop.alignment
 
     @model_validator(mode="after")
     def _backend_ready(self) -> DetectorSettings:

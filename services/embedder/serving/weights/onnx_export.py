@@ -21,7 +21,8 @@ ONNX_OPSET = 17
 class ServedFaceNet(nn.Module):
     """Takes the contract's crops (for FaceNet: N x 160 x 160 x 3 uint8 RGB, NHWC, as the
     detector returns them), standardises them as ``model.pixels`` says the network was
-    trained, and returns N x dimension float32 unit vectors.
+    trained (one mean for all channels, or one per channel), and returns N x dimension
+    float32 unit vectors.
 
     The pixels are cast to the network's own dtype with ``type_as`` (which a trace records as
     an operation on the weights, where ``.to(torch.float32)`` would be a constant), so a traced
@@ -34,7 +35,12 @@ class ServedFaceNet(nn.Module):
             raise ValueError(f"{model.id}: pixel layout {model.pixels.layout} is not supported (HWC is)")
         self.network = network.eval()
         self.model = model
-        self.mean, self.scale = model.pixels.mean, model.pixels.scale
+        self.scale = model.pixels.scale
+        means = model.pixels.channel_means(model.crop.channels)
+        if len(set(means)) == 1:
+            self.mean = means[0]  # one number for every channel
+        else:  # one per channel, broadcast over N x channels x rows x columns
+            self.register_buffer("mean", torch.tensor(means, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def example(self) -> torch.Tensor:
         """Two crops of zeros: the input that exports trace with."""

