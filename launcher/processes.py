@@ -23,7 +23,7 @@ from services.detector.settings import DetectorSettings
 from services.embedder.settings import EmbedderSettings
 from services.runtime.processes import ChildProcess
 from services.runtime.readiness import ExitedEarly, NotReady, grpc_serving, triton_ready, wait_until_ready
-from services.runtime.settings import load_settings
+from services.runtime.settings import SettingsError, load_settings
 from services.search.settings import SearchSettings
 
 
@@ -60,6 +60,7 @@ def default_suite() -> list[ServiceProcess]:
         "FACESEARCH_GATEWAY_SEARCH_ADDRESS": f"127.0.0.1:{search.port}",
         "FACESEARCH_EMBEDDER_TRITON_URL": f"127.0.0.1:{embedder.port}",
     }
+    detector_env = {"FACESEARCH_DETECTOR_EMBEDDING_MODEL": detector_model(detector, embedder)}
     if gateway.thresholds_file is not None:  # where `facesearch calibrate`, run from here, writes
         gateway_env["FACESEARCH_GATEWAY_THRESHOLDS_FILE"] = str(gateway.thresholds_file.resolve())
     key_note = ""
@@ -73,6 +74,7 @@ def default_suite() -> list[ServiceProcess]:
             "services.detector",
             port=detector.port,
             metrics_port=detector.metrics_port or DEFAULT_METRICS_PORTS["detector"],
+            env=detector_env,
         ),
         ServiceProcess(
             "embedder",
@@ -102,6 +104,18 @@ def default_suite() -> list[ServiceProcess]:
             extra=key_note,
         ),
     ]
+
+
+def detector_model(detector: DetectorSettings, embedder: EmbedderSettings) -> str:
+    """The embedding model whose crops the detector makes: the embedder's, unless the detector
+    names one itself, which must then be the embedder's."""
+    served = embedder.model.id
+    if "embedding_model" in detector.model_fields_set and detector.embedding_model != served:
+        raise SettingsError(
+            f"the detector makes crops for {detector.embedding_model} but the embedder serves {served} "
+            f"(weights {embedder.weights}): set FACESEARCH_DETECTOR_EMBEDDING_MODEL={served} or leave it unset"
+        )
+    return served
 
 
 def ensure_local_key() -> tuple[Path, Path]:

@@ -90,3 +90,16 @@ def test_page_token_keys_are_secret_and_long_enough(settings_cls, monkeypatch):
     settings = load_settings(cls, page_token_key="a key of twenty chars")
     assert "twenty" not in repr(settings), "the key is not shown in logs"
     assert settings.page_token_key.get_secret_value() == "a key of twenty chars"
+
+
+def test_up_gives_the_detector_the_embedders_model(monkeypatch):
+    from launcher.processes import detector_model
+    from services.embedder.settings import EmbedderSettings
+
+    monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
+    dlib = EmbedderSettings(weights="dlib")
+    assert detector_model(DetectorSettings(), dlib) == "dlib-resnet", "the detector follows the embedder"
+    assert detector_model(DetectorSettings(), EmbedderSettings()) == "facenet-casia"
+    assert detector_model(DetectorSettings(embedding_model="dlib-resnet"), dlib) == "dlib-resnet"
+    with pytest.raises(SettingsError, match="FACESEARCH_DETECTOR_EMBEDDING_MODEL=dlib-resnet"):
+        detector_model(DetectorSettings(embedding_model="facenet-casia"), dlib)
