@@ -116,14 +116,20 @@ def store_threshold(path: Path, model_id: str, result: Calibration, dataset: Pat
     os.replace(temporary, path)
 
 
-def calibrate_threshold(client: FaceSearchClient, args: argparse.Namespace) -> int:
+def labelled_photos(dataset: Path) -> list[LabelledPhoto]:
+    """The labelled photos of ``dataset``; a usage error when there are none or one is missing."""
     try:
-        photos = load_labels(args.dataset)
+        photos = load_labels(dataset)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"cannot read the labels of {args.dataset}: {error!r}") from None
+        raise UsageError(f"cannot read the labels of {dataset}: {error!r}") from None
     missing = [str(p.path) for p in photos if not p.path.is_file()]
     if not photos or missing:
-        raise UsageError(f"no labelled photos in {args.dataset}" if not photos else f"no such file: {missing[0]}")
+        raise UsageError(f"no labelled photos in {dataset}" if not photos else f"no such file: {missing[0]}")
+    return photos
+
+
+def calibrate_threshold(client: FaceSearchClient, args: argparse.Namespace) -> int:
+    photos = labelled_photos(args.dataset)
     if not 0 < args.far < 1:
         raise UsageError(f"--far must be in (0, 1), got {args.far}")
     model_id = client.stats().settings.model.id

@@ -7,6 +7,7 @@ work is done by a handler in the module named after what it talks to:
 - ``cli.archive``: the gateway (``index``, ``enroll``, ``verify``, ``identify``, ``findme``,
   ``people``, ``delete-person``, ``delete-photo``, ``stats``);
 - ``cli.calibrate``: the gateway, on labelled photos (``calibrate``);
+- ``cli.evaluate``: the gateway, on labelled photos (``eval``);
 - ``cli.keys``: the gateway's API keys file (``keys add``).
 
 Exit statuses: ``cli.exit_status``.
@@ -22,7 +23,10 @@ from cli import archive, local
 from cli.archive import API_KEY_VARIABLE
 from cli.calibrate import calibrate_threshold
 from cli.detect import detect as detect_photos
+from cli.evaluate import add_arguments as eval_arguments
 from cli.keys import keys_add
+from cli.train import add_arguments as train_arguments
+from cli.train import train as train_model
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE
 from gateway.settings import LOCAL_THRESHOLDS_FILE
 from services.embedder.serving.flavours import FLAVOURS
@@ -70,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="one JSON object per photo")
     detect.add_argument("--batch", type=int, default=8, help="photos per DetectBatch call")
     detect.set_defaults(handler=detect_photos)
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune the embedding model with a triplet loss on labelled photos",
+        description="fine-tune the embedding model with a triplet loss on labelled photos",
+    )
+    train_arguments(train)
+    train.set_defaults(handler=train_model)
 
     # --- calls to the gateway -----------------------------------------------------------------
     def command(name: str, help: str, handler) -> argparse.ArgumentParser:
@@ -130,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=LOCAL_THRESHOLDS_FILE,
         help=f"where the threshold is stored per model, the gateway reads it (default {LOCAL_THRESHOLDS_FILE})",
     )
+    evaluate = command("eval", "measure how well the running suite recognises the people of labelled photos", None)
+    eval_arguments(evaluate)
 
     # --- API keys ------------------------------------------------------------------------------
     keys = commands.add_parser("keys", help="API keys of the gateway")

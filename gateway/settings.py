@@ -25,8 +25,12 @@ from services.runtime.settings import ServiceSettings
 # served pipeline (bench/results/threshold_calibration.md: FAR 0.00098 on 16,339
 # different-person pairs, 95% upper bound 0.00149, VAL 0.903 on 114 same-person pairs).
 # facenet-vggface2: not calibrated here (its weights cannot be fetched offline); the value
-# usually quoted. `facesearch calibrate` measures either on your own photos.
-DEFAULT_THRESHOLDS = {"facenet-casia": 0.5534, "facenet-vggface2": 0.40}
+# usually quoted. dlib-resnet: calibrated the same way for FAR <= 0.001
+# (bench/results/evaluation_dlib-resnet.md: FAR 0.00095 on 15,855 different-person pairs,
+# 95% upper bound 0.00146, VAL 0.912 on 114 same-person pairs; its descriptors are not
+# centred, so the similarities of strangers are high too, about 0.83).
+# `facesearch calibrate` measures any of them on your own photos.
+DEFAULT_THRESHOLDS = {"facenet-casia": 0.5534, "facenet-vggface2": 0.40, "dlib-resnet": 0.9290}
 LOCAL_THRESHOLDS_FILE = Path("var/gateway/thresholds.json")
 
 

@@ -26,22 +26,32 @@ KEYS = {
     "globex": "fs_test_globex_key",
     "cli": "fs_test_cli_key",
     "calibration": "fs_test_calibration_key",  # `facesearch calibrate` needs a tenant without people
+    "evaluation": "fs_test_evaluation_key",  # `facesearch eval` needs a tenant that stores nothing
 }
 READ_ONLY_KEY = ("acme", "fs_test_acme_read_only")
 
 
-def prepare_model_repository(root: Path) -> EmbedderSettings:
-    settings = EmbedderSettings(model_repository=root)
+def prepare_model_repository(root: Path, **embedder_overrides) -> EmbedderSettings:
+    """The onnx-python flavour in ``root`` (the default model, or as the overrides say, e.g. weights="dlib")."""
+    settings = EmbedderSettings(model_repository=root, **embedder_overrides)
     prepare_models(settings, flavours=["onnx-python"])
     return settings
 
 
 class LocalSuite:
     def __init__(
-        self, root: Path, embedder: EmbedderSettings, *, triton: TritonServer | None = None, **gateway_overrides
+        self,
+        root: Path,
+        embedder: EmbedderSettings,
+        *,
+        triton: TritonServer | None = None,
+        detector_overrides: dict | None = None,
+        **gateway_overrides,
     ) -> None:
-        """``embedder``: settings whose model repository holds the onnx-python flavour;
-        ``triton``: a running Triton serving it (else one is started here)."""
+        """``embedder``: settings whose model repository holds the onnx-python flavour (its
+        model is the one served); ``triton``: a running Triton serving it (else one is started
+        here); ``detector_overrides``: detector settings (e.g. the embedding model it aligns for)."""
+        self.detector_overrides = dict(detector_overrides or {})
         self.root = root
         self.detector_port, self.search_port, self.gateway_port = free_ports(3)
         self.model_repository = embedder.model_repository
@@ -49,6 +59,9 @@ class LocalSuite:
         self.triton = triton or TritonServer(self.model_repository / "onnx-python", root / "triton").start()
         self.embedder = EmbedderSettings(
             model_repository=embedder.model_repository,
+            weights=embedder.weights,
+            model_id=embedder.model_id,
+            model_version=embedder.model_version,
             triton_url=self.triton.grpc_url,
             retries=2,
             retry_backoff_s=0.1,
@@ -86,7 +99,9 @@ class LocalSuite:
         return self.triton.restart()
 
     def start_detector(self) -> BackgroundServer:
-        settings = DetectorSettings(host="127.0.0.1", port=self.detector_port, log_format="text")
+        settings = DetectorSettings(
+            host="127.0.0.1", port=self.detector_port, log_format="text", **self.detector_overrides
+        )
         self.detector = BackgroundServer(build_detector(settings))
         return self.detector
 

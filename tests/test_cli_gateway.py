@@ -170,3 +170,76 @@ def test_calibrate_stores_the_threshold_a_gateway_started_after_it_serves(cli, s
         assert reported.similarity_threshold == pytest.approx(entry["threshold"])
         verdict = client.verify(photo_path("facenet", "bill_gates_1.jpg"), photo_path("facenet", "bill_gates_2.jpg"))
         assert verdict.settings.similarity_threshold == pytest.approx(entry["threshold"])
+
+
+def test_eval_measures_through_the_gateway_writes_a_self_contained_page_and_cleans_up(cli, suite, tmp_path):
+    subset = {
+        "facenet": ["bill_gates_1.jpg", "bill_gates_2.jpg", "bill_gates_3.jpg", "yao_ming_3.jpg", "yao_ming_4.jpg"],
+        "face_recognition": ["obama_biden_1.jpg"],
+    }
+    labels = json.loads((DATA / "labels.json").read_text())["sets"]
+    small = {
+        "sets": {s: {**labels[s], "photos": {n: labels[s]["photos"][n] for n in names}} for s, names in subset.items()}
+    }
+    for set_name, names in subset.items():
+        (tmp_path / set_name).mkdir()
+        for name in names:
+            shutil.copy(photo_path(set_name, name), tmp_path / set_name / name)
+    (tmp_path / "labels.json").write_text(json.dumps(small))
+    out = tmp_path / "results"
+    key = KEYS["evaluation"]
+
+    # A tenant that stores photos would mix them into FindMe's results: refused.
+    with FaceSearchClient(suite.address, key) as client:
+        [stored] = client.index([photo_path("facenet", "zhao_wei_1.jpg")])
+        try:
+            status, _, err = cli("eval", str(tmp_path / "labels.json"), "--out", str(out), key=key)
+        finally:
+            client.delete_photo(stored.photo_id)
+    assert status == 2 and "stores 1 photos" in err and not out.exists()
+
+    status, printed, err = cli("eval", str(tmp_path / "labels.json"), "--out", str(out), key=key)
+    assert status == 0, err
+    result = json.loads((out / "evaluation_facenet-casia.json").read_text())
+    v = result["verification"]
+    assert result["model"]["id"] == "facenet-casia"
+    assert result["configured_threshold"] == pytest.approx(DEFAULT_THRESHOLDS["facenet-casia"])
+    assert v["pairs"] == {"same_person": 4, "different_person": 16}  # as `calibrate` pairs them
+    assert 0.5 < v["roc_auc"] <= 1 and 0 < v["best_accuracy"]["accuracy"] <= 1
+    assert v["at_threshold"]["threshold"] == result["configured_threshold"]
+    assert [p["target_far"] for p in v["val_at_far"]] == [0.01, 0.001]
+    assert v["same_person_similarity"]["mean"] > v["different_person_similarity"]["mean"]
+    # Leave-one-out: the 3 Gates photos and the 2 of Yao each have another of their identity.
+    assert result["identification"]["probes"] == 5 and set(result["identification"]["top_k"]) == {"1", "5", "10"}
+    # FindMe: Gates alone has 3 photos; enrolled from the first, the other two are the ones to find.
+    gates = result["findme"]["people"]["facenet/bill_gates"]
+    assert gates["enrolled_from"] == "facenet/bill_gates_1.jpg" and gates["relevant"] == 2
+    assert set(result["findme"]["people"]) == {"facenet/bill_gates"} and 0 < result["findme"]["overall"]["f1"] <= 1
+    assert result["worst_mistakes"]["different_person"] and result["worst_mistakes"]["same_person"]
+    assert "ROC AUC" in printed
+
+    page = (out / "evaluation_facenet-casia.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+    assert page.count('<polyline class="roc"') == 1 and 'class="bar"' in page and 'class="threshold"' in page
+    assert page.count("data:image/jpeg;base64,") >= 4 and "ROC AUC" in page
+    with FaceSearchClient(suite.address, key) as client:
+        left = client.stats()
+    assert (left.photos, left.faces, left.people) == (0, 0, 0), "what it stored is deleted"
+
+    # Several results on one page, side by side.
+    other = dict(result, model={"id": "other-model", "version": "1"})
+    (out / "other.json").write_text(json.dumps(other))
+    compared = out / "both.html"
+    status = main(
+        [
+            "eval",
+            "--compare",
+            str(out / "evaluation_facenet-casia.json"),
+            str(out / "other.json"),
+            "--html",
+            str(compared),
+        ]
+    )
+    assert status == 0
+    both = compared.read_text()
+    assert both.count('<polyline class="roc"') == 2 and "other-model" in both and "https://" not in both

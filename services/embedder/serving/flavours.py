@@ -98,8 +98,11 @@ class Flavour:
             return "KIND_CPU"
         return self.instance_kind
 
-    def model_config(self, name: str, options: Mapping[str, Any], model: EmbeddingModel) -> ModelConfig:
-        """The config of model ``name`` in this flavour, shaped by ``options`` (``option_values``)."""
+    def model_config(
+        self, name: str, options: Mapping[str, Any], model: EmbeddingModel, version: str | int | None = None
+    ) -> ModelConfig:
+        """The config of model ``name`` in this flavour, shaped by ``options`` (``option_values``);
+        with ``version``, Triton serves that version only (else Triton's default: the latest)."""
         from tritonclient.grpc import model_config_pb2 as pb
 
         max_batch_size = options["max_batch_size"]
@@ -113,6 +116,8 @@ class Flavour:
         )
         config.dynamic_batching.max_queue_delay_microseconds = options["max_queue_delay_us"]
         config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(self.kind(options)), count=options["instances"])
+        if version is not None:
+            config.version_policy.specific.versions.append(int(version))
         for parameter, key in self.parameters.items():
             config.parameters[parameter].string_value = str(options[key])
         if self.customise is not None:

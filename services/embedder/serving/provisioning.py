@@ -26,6 +26,16 @@ weights or a damaged or missing file rewrite that file, and ``force`` rewrites e
 Files that an earlier run wrote and that are no longer wanted (another model id or version)
 are deleted; nothing else in the folders is touched.
 
+Fine-tuned versions (``facesearch train --export``, ``record_trained_version``) are model
+files that no weights can make again: the manifest's ``trained`` section records each one
+(``<flavour>/<model_id>/<version>``: its base weights, its files and their SHA-256, what the
+training was). A run whose ``model_version`` is such a version verifies its ONNX file instead
+of exporting the weights (and copies it into the other ONNX flavour; a TorchScript flavour
+cannot serve it), and no run deletes the files of a fine-tuned version.
+
+Each config serves exactly the pinned ``model_version`` (a ``specific`` version policy), so
+a version folder added beside it is served only once ``model_version`` names it.
+
 Nothing here imports torch until a model file has to be made, so checking an up-to-date
 repository is quick and light (``stale_models``).
 """
@@ -39,7 +49,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,11 +118,50 @@ class FlavourEntry:
 
 
 @dataclass
+class TrainedVersion:
+    """A fine-tuned version of a flavour's model: its files (paths relative to the repository),
+    the weights it was trained from, and what the training was."""
+
+    flavour: str
+    model: str
+    version: str
+    base_weights: dict[str, str]
+    files: dict[str, FileRecord]
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.flavour}/{self.model}/{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "flavour": self.flavour,
+            "model": self.model,
+            "version": self.version,
+            "base_weights": self.base_weights,
+            "files": {path: {"sha256": r.sha256, "made_from": r.made_from} for path, r in sorted(self.files.items())},
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainedVersion:
+        return cls(
+            flavour=str(data["flavour"]),
+            model=str(data["model"]),
+            version=str(data["version"]),
+            base_weights=dict(data["base_weights"]),
+            files={path: FileRecord(str(r["sha256"]), str(r["made_from"])) for path, r in data["files"].items()},
+            training=dict(data.get("training", {})),
+        )
+
+
+@dataclass
 class Manifest:
     """The repository's manifest after a run, and what that run did."""
 
     repository: Path
     flavours: dict[str, FlavourEntry]
+    trained: dict[str, TrainedVersion] = field(default_factory=dict)  # by "<flavour>/<model>/<version>"
     written: list[Path] = field(default_factory=list)  # files (re)written by this run
     removed: list[Path] = field(default_factory=list)  # files of earlier runs deleted by this run
     verified: list[Path] = field(default_factory=list)  # files found up to date
@@ -131,10 +180,29 @@ class Manifest:
         return self.repository / flavour
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "flavours": {name: entry.to_json() for name, entry in sorted(self.flavours.items())},
         }
+        if self.trained:
+            data["trained"] = {key: version.to_json() for key, version in sorted(self.trained.items())}
+        return data
+
+    def trained_files(self) -> dict[str, FileRecord]:
+        """Every file of a fine-tuned version, by path relative to the repository."""
+        return {path: record for version in self.trained.values() for path, record in version.files.items()}
+
+    def trained_artifact(self, model: str, version: str, artifact: str) -> FileRecord | None:
+        """The record of the ``artifact`` file of a fine-tuned ``model`` ``version`` (in any flavour)."""
+        for trained in self.trained.values():
+            if trained.model == model and trained.version == version:
+                for record in trained.files.values():
+                    if record.made_from.startswith(f"{artifact}, fine-tuned"):
+                        return record
+        return None
+
+    def is_trained(self, model: str, version: str) -> bool:
+        return any(t.model == model and t.version == version for t in self.trained.values())
 
     @classmethod
     def read(cls, repository: Path) -> Manifest:
@@ -146,12 +214,13 @@ class Manifest:
             if data.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {MANIFEST_FORMAT}")
             flavours = {name: FlavourEntry.from_json(entry) for name, entry in data["flavours"].items()}
+            trained = {key: TrainedVersion.from_json(entry) for key, entry in data.get("trained", {}).items()}
         except FileNotFoundError:
-            flavours = {}
+            flavours, trained = {}, {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             log.warning("ignoring unreadable model manifest %s (%s); its models will be made again", path, error)
-            flavours = {}
-        return cls(repository, flavours)
+            flavours, trained = {}, {}
+        return cls(repository, flavours, trained)
 
 
 def manifest_text(manifest: Manifest) -> str:
@@ -192,6 +261,7 @@ class _Planned:
     content: bytes | None = None  # known bytes (configs, model.py)
     artifact: str | None = None  # one of flavours.ARTIFACTS: made from the weights
     made_from: str = CONTENT
+    trained: bool = False  # a fine-tuned model file: verified or copied, never made from the weights
 
 
 class _Preparation:
@@ -240,12 +310,22 @@ class _Preparation:
         s = self.settings
         flavour = flavours.get(name)
         options = flavour.option_values(s)
-        config = flavours.config_text(flavour.model_config(s.model_id, options, s.model))
+        config = flavours.config_text(flavour.model_config(s.model_id, options, s.model, version=s.model_version))
         planned = [_Planned(f"{name}/{s.model_id}/config.pbtxt", content=config.encode())]
+        trained = self.old.is_trained(s.model_id, s.model_version)
         for file in flavour.files:
             relpath = flavours.model_file(name, s.model_id, s.model_version, file.name)
             if file.source_path is not None:
                 planned.append(_Planned(relpath, content=file.source_path.read_bytes()))
+            elif trained:
+                record = self.old.trained_artifact(s.model_id, s.model_version, file.artifact)
+                if record is None:
+                    raise ProvisioningError(
+                        f"version {s.model_version} of {s.model_id} is fine-tuned, with no {file.artifact} file: "
+                        f"the {name} flavour cannot serve it (prepare the ONNX flavours alone: --flavour onnx-python "
+                        "--flavour onnxruntime-onnx; or pin another model_version)"
+                    )
+                planned.append(_Planned(relpath, artifact=file.artifact, made_from=record.made_from, trained=True))
             else:
                 planned.append(
                     _Planned(relpath, artifact=file.artifact, made_from=_fingerprint(file.artifact, weights))
@@ -266,6 +346,8 @@ class _Preparation:
         if planned.content is not None:
             wanted = hashlib.sha256(planned.content).hexdigest()
             return None if file_sha256(path) == wanted else "differs from the settings and code"
+        if planned.trained and (record is None or record.made_from != planned.made_from):
+            record = self.old.trained_files().get(planned.relpath, record)
         if record is None or record.made_from != planned.made_from:
             return "made from other weights" if record else "not in the manifest"
         return None if file_sha256(path) == record.sha256 else "checksum mismatch"
@@ -281,7 +363,8 @@ class _Preparation:
             _, planned = self.plan(flavour, weights)
             old = self.old.flavours.get(flavour)
             records = old.files if old else {}
-            for relpath in sorted(set(records) - {p.relpath for p in planned}):
+            kept = {p.relpath for p in planned} | set(self.old.trained_files())
+            for relpath in sorted(set(records) - kept):
                 if (self.repository / relpath).exists():
                     lines.append(f"{relpath}: no longer wanted")
             for item in planned:
@@ -299,7 +382,9 @@ class _Preparation:
             self.old = Manifest.read(self.repository)  # as left by whoever held the lock before
             old_text = _read_text(self.repository / MANIFEST_NAME)
             weights = self.weights(download=True)
-            manifest = Manifest(self.repository, dict(self.old.flavours))
+            manifest = Manifest(self.repository, dict(self.old.flavours), dict(self.old.trained))
+            for flavour in self.flavours:  # a flavour that cannot be planned fails before anything is written
+                self.plan(flavour, weights)
             for flavour in self.flavours:
                 manifest.flavours[flavour] = self._prepare_flavour(flavour, weights, force, manifest)
             text = manifest_text(manifest)
@@ -329,8 +414,9 @@ class _Preparation:
                 self._made.setdefault(item.made_from, path)
             entry.files[item.relpath] = FileRecord(sha, item.made_from)
 
-        # Files an earlier run wrote for this flavour that the model no longer has.
-        for relpath in sorted(set(records) - {p.relpath for p in planned}):
+        # Files an earlier run wrote for this flavour that the model no longer has (never those
+        # of a fine-tuned version).
+        for relpath in sorted(set(records) - {p.relpath for p in planned} - set(self.old.trained_files())):
             path = self.repository / relpath
             if path.is_file() or path.is_symlink():
                 path.unlink()
@@ -351,6 +437,11 @@ class _Preparation:
                 copy = self._copy_source(item.made_from, path)
                 if copy is not None:
                     shutil.copyfile(copy, temporary)
+                elif item.trained:
+                    raise ProvisioningError(
+                        f"{path} is a fine-tuned model file that is missing or damaged, and the weights cannot "
+                        "make it again: export it again (facesearch train --export) or pin another model_version"
+                    )
                 else:
                     self._export(item.artifact, temporary)
                 sha = file_sha256(temporary)
@@ -366,8 +457,9 @@ class _Preparation:
         candidate = self._made.get(made_from)
         if candidate is not None and candidate != target and candidate.is_file():
             return candidate
-        for entry in self.old.flavours.values():
-            for relpath, record in entry.files.items():
+        recorded = [entry.files for entry in self.old.flavours.values()] + [self.old.trained_files()]
+        for files in recorded:
+            for relpath, record in files.items():
                 path = self.repository / relpath
                 same = record.made_from == made_from and path != target and path.is_file()
                 if same and file_sha256(path) == record.sha256:
@@ -386,6 +478,62 @@ class _Preparation:
             export_torchscript(served, path)
         else:
             raise ProvisioningError(f"unknown model file kind {artifact!r}")
+
+
+def trained_fingerprint(artifact: str, base: WeightsFile, sha256: str) -> str:
+    """What a fine-tuned model file is made from (``Manifest.trained_artifact`` finds it by its start)."""
+    return f"{artifact}, fine-tuned from {base.source} weights sha256:{base.sha256}, file sha256:{sha256}"
+
+
+def next_version(repository: Path, flavour: str, model_id: str) -> str:
+    """One more than the highest version of ``model_id`` in ``flavour``'s folder or the manifest."""
+    folder = Path(repository) / flavour / model_id
+    numbers = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    manifest = Manifest.read(Path(repository))
+    numbers += [int(t.version) for t in manifest.trained.values() if t.model == model_id]
+    numbers += [int(e.version) for e in manifest.flavours.values() if e.model == model_id]
+    return str(max(numbers, default=0) + 1)
+
+
+def record_trained_version(
+    repository: Path,
+    flavour: str,
+    model_id: str,
+    base: WeightsFile,
+    write: Callable[[Path], dict[str, str]],
+    training: dict[str, Any],
+) -> TrainedVersion:
+    """Adds a fine-tuned version of ``model_id`` to ``flavour``'s folder of ``repository``, under
+    the preparation lock: the next version number, ``write(version folder)`` writes its files
+    (returning {file name: artifact kind, or "" for a file copied from ``triton_models/``}),
+    and the manifest's ``trained`` section records them. The flavour's config is left alone:
+    serving the version is pinning it (``model_version``) and preparing the models again."""
+    repository = Path(repository).absolute()
+    if not (repository / flavour / model_id / "config.pbtxt").is_file():
+        raise ProvisioningError(
+            f"no prepared {flavour} model {model_id} in {repository}: run `facesearch models prepare` first"
+        )
+    with _locked(repository / LOCK_NAME):
+        version = next_version(repository, flavour, model_id)
+        folder = repository / flavour / model_id / version
+        folder.mkdir(parents=True)
+        try:
+            kinds = write(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        files = {}
+        for name, artifact in kinds.items():
+            relpath = flavours.model_file(flavour, model_id, version, name)
+            sha = file_sha256(repository / relpath)
+            files[relpath] = FileRecord(sha, trained_fingerprint(artifact, base, sha) if artifact else CONTENT)
+        trained = TrainedVersion(
+            flavour, model_id, version, {"source": base.source, "sha256": base.sha256}, files, training
+        )
+        manifest = Manifest.read(repository)
+        manifest.trained[trained.key] = trained
+        _write_atomically(manifest.path, manifest_text(manifest).encode())
+    return trained
 
 
 def _fingerprint(artifact: str, weights: WeightsFile) -> str:

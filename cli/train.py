@@ -1,0 +1,128 @@
+"""The ``train`` verb: triplet-loss fine-tuning of the embedding model on labelled photos
+(``services.embedder.training``), with its report, and optionally its export as a new model
+version in the embedder's model repository."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cli.exit_status import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from services.embedder.training.options import DEFAULT_TRAINABLE, MINING
+
+    parser.add_argument(
+        "dataset", type=Path, metavar="DATASET", help="a labels.json file, or a folder with a subfolder per person"
+    )
+    parser.add_argument("--steps", type=int, required=True, help="training steps (batches) in all")
+    parser.add_argument("--mining", choices=MINING, default="batch-hard", help="triplet mining")
+    parser.add_argument("--margin", type=float, default=0.2, help="triplet margin on unit vectors (default 0.2)")
+    parser.add_argument("--p", type=int, default=8, help="persons per batch (default 8)")
+    parser.add_argument("--k", type=int, default=4, help="photos per person in a batch (default 4)")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the crops, checkpoints and report")
+    parser.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in --out")
+    parser.add_argument("--learning-rate", type=float, default=1e-5, help="Adam's learning rate (default 1e-5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    parser.add_argument(
+        "--trainable",
+        default=",".join(DEFAULT_TRAINABLE),
+        help=f"the modules trained, the rest frozen (default {','.join(DEFAULT_TRAINABLE)})",
+    )
+    parser.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
+    parser.add_argument("--held-out", type=float, default=0.25, help="share of identities kept for the measures")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="add the trained network as a new version of the model in the embedder's model repository",
+    )
+    parser.add_argument(
+        "--model-repository", type=Path, default=None, help="the repository to export to (default: the setting's)"
+    )
+
+
+def train(args: argparse.Namespace) -> int:
+    from services.embedder.models import DEFAULT_MODEL
+    from services.embedder.training.loop import TrainConfig, TrainingError
+    from services.embedder.training.run import train as run_training
+
+    try:
+        config = TrainConfig(
+            steps=args.steps,
+            mining=args.mining,
+            margin=args.margin,
+            p=args.p,
+            k=args.k,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            trainable=tuple(name.strip() for name in args.trainable.split(",") if name.strip()),
+            augment=not args.no_augment,
+        )
+    except ValueError as error:
+        print(f"facesearch train: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    model, weights_path, repository = DEFAULT_MODEL, None, None
+    if args.export or args.model_repository is None:
+        from services.embedder.settings import EmbedderSettings
+        from services.runtime.settings import SettingsError, load_settings
+
+        try:
+            settings = load_settings(EmbedderSettings)
+        except SettingsError as error:
+            print(f"facesearch train: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        model, weights_path, repository = settings.model, settings.weights_path, settings.model_repository
+    if args.model_repository is not None:
+        repository = args.model_repository
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    def progress(result) -> None:
+        if result.step == 1 or result.step % 10 == 0 or result.step == config.steps:
+            print(
+                f"step {result.step}/{config.steps}: loss {result.loss:.4f}, "
+                f"{result.active:.0%} of {result.triplets} triplets active",
+                file=sys.stderr,
+            )
+
+    try:
+        run = run_training(
+            args.dataset,
+            args.out,
+            config,
+            resume=args.resume,
+            held_out=args.held_out,
+            model=model,
+            weights_path=weights_path,
+            export_repository=repository if args.export else None,
+            progress=progress,
+        )
+    except FileNotFoundError as error:
+        print(f"facesearch train: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingError as error:
+        print(f"facesearch train: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    report = run.report
+    for moment in ("before", "after"):
+        figures = report[moment] or {}
+        if "roc_auc" in figures:
+            vals = ", ".join(f"VAL@FAR {far} {point['val']:.3f}" for far, point in figures["val_at_far"].items())
+            print(f"{moment}: ROC AUC {figures['roc_auc']:.4f}, {vals}")
+    print(json.dumps(report["loss"]))
+    if report["export"]:
+        export = report["export"]
+        print(
+            f"exported {export['model']} version {export['version']} to {export['repository']}; serve it with "
+            f"FACESEARCH_EMBEDDER_MODEL_VERSION={export['version']}"
+        )
+    print(f"report: {run.report_path}")
+    return EXIT_OK
