@@ -118,7 +118,9 @@ def test_keys_add_prints_a_key_that_only_its_hash_is_stored_for(tmp_path, capsys
     assert main(["keys", "add", "bad tenant", "--file", str(path)]) == 2
 
 
-def test_calibrate_stores_the_threshold_a_gateway_started_after_it_serves(cli, suite, tmp_path):
+def small_labelled_set(folder) -> None:
+    """Six labelled photos (Gates x3 and Yao x2 of one set, a group photo of another) copied
+    into ``folder`` with their labels.json."""
     subset = {
         "facenet": ["bill_gates_1.jpg", "bill_gates_2.jpg", "bill_gates_3.jpg", "yao_ming_3.jpg", "yao_ming_4.jpg"],
         "face_recognition": ["obama_biden_1.jpg"],
@@ -128,10 +130,14 @@ def test_calibrate_stores_the_threshold_a_gateway_started_after_it_serves(cli, s
         "sets": {s: {**labels[s], "photos": {n: labels[s]["photos"][n] for n in names}} for s, names in subset.items()}
     }
     for set_name, names in subset.items():
-        (tmp_path / set_name).mkdir()
+        (folder / set_name).mkdir()
         for name in names:
-            shutil.copy(photo_path(set_name, name), tmp_path / set_name / name)
-    (tmp_path / "labels.json").write_text(json.dumps(small))
+            shutil.copy(photo_path(set_name, name), folder / set_name / name)
+    (folder / "labels.json").write_text(json.dumps(small))
+
+
+def test_calibrate_stores_the_threshold_a_gateway_started_after_it_serves(cli, suite, tmp_path):
+    small_labelled_set(tmp_path)
     stored = tmp_path / "var" / "thresholds.json"
     args = ["calibrate", str(tmp_path / "labels.json"), "--far", "0.1", "--thresholds-file", str(stored)]
 
@@ -173,19 +179,7 @@ def test_calibrate_stores_the_threshold_a_gateway_started_after_it_serves(cli, s
 
 
 def test_eval_measures_through_the_gateway_writes_a_self_contained_page_and_cleans_up(cli, suite, tmp_path):
-    subset = {
-        "facenet": ["bill_gates_1.jpg", "bill_gates_2.jpg", "bill_gates_3.jpg", "yao_ming_3.jpg", "yao_ming_4.jpg"],
-        "face_recognition": ["obama_biden_1.jpg"],
-    }
-    labels = json.loads((DATA / "labels.json").read_text())["sets"]
-    small = {
-        "sets": {s: {**labels[s], "photos": {n: labels[s]["photos"][n] for n in names}} for s, names in subset.items()}
-    }
-    for set_name, names in subset.items():
-        (tmp_path / set_name).mkdir()
-        for name in names:
-            shutil.copy(photo_path(set_name, name), tmp_path / set_name / name)
-    (tmp_path / "labels.json").write_text(json.dumps(small))
+    small_labelled_set(tmp_path)
     out = tmp_path / "results"
     key = KEYS["evaluation"]
 
