@@ -32,6 +32,9 @@ bench: venv
 	$(PY) -m bench.embedder_throughput
 	$(PY) -m bench.search_latency --points 100000
 	$(PY) -m bench.gateway_end_to_end
+	$(PY) -m bench.threshold_calibration
+	$(PY) -m bench.recognition_evaluation
+	$(PY) -m bench.recognition_evaluation --weights dlib
 
 ## Regenerate the Python code for protos/ (committed; a test fails when it is stale).
 protos: venv
