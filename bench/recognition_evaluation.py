@@ -21,8 +21,9 @@ import tempfile
 from pathlib import Path
 
 from bench.report import DEFAULT_DATA, REPO, RESULTS, LoadMeter, load_line, machine_facts, machine_line
-from cli.evaluate import evaluate_dataset, summary, write_results
+from cli.evaluate import summary, write_results
 from evaluation.calibration import calibrate
+from evaluation.served import evaluate_dataset
 from gateway.settings import DEFAULT_THRESHOLDS
 from launcher.in_process import KEYS, LocalSuite, prepare_model_repository
 from sdk.client import FaceSearchClient

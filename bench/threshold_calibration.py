@@ -4,7 +4,7 @@ with the FAR's 95% upper bound and VAL, through the served pipeline.
 The whole suite runs in this process (``launcher.in_process.LocalSuite``: the detector, a
 real Triton serving the ``--models`` repository, search, the gateway, default settings)
 and the pairs are measured exactly as ``facesearch calibrate`` measures them
-(``cli.calibrate.measure``: one Identify similarity per pair; pairs as
+(``evaluation.served.measure``: one Identify similarity per pair; pairs as
 ``evaluation.calibration`` labels them: same-person within a set, different-person within
 a set and across sets). Results go to bench/results/threshold_calibration.{json,md}; the
 gateway's facenet-casia default is the threshold for FAR 0.001 found here.
@@ -34,9 +34,9 @@ from bench.report import (
     settings_of,
     write_results,
 )
-from cli.calibrate import measure
 from evaluation.calibration import calibrate, labelled_pairs, load_labels
 from evaluation.measures import operating_point
+from evaluation.served import measure
 from gateway.settings import DEFAULT_THRESHOLDS
 from launcher.in_process import KEYS, LocalSuite, prepare_model_repository
 from sdk.client import FaceSearchClient

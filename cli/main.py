@@ -8,6 +8,7 @@ work is done by a handler in the module named after what it talks to:
   ``people``, ``delete-person``, ``delete-photo``, ``stats``);
 - ``cli.calibrate``: the gateway, on labelled photos (``calibrate``);
 - ``cli.evaluate``: the gateway, on labelled photos (``eval``);
+- ``cli.train``: fine-tuning on labelled photos, in this process (``train``);
 - ``cli.keys``: the gateway's API keys file (``keys add``).
 
 Exit statuses: ``cli.exit_status``.
@@ -23,9 +24,8 @@ from cli import archive, local
 from cli.archive import API_KEY_VARIABLE
 from cli.calibrate import calibrate_threshold
 from cli.detect import detect as detect_photos
-from cli.evaluate import add_arguments as eval_arguments
+from cli.evaluate import run as evaluate_run
 from cli.keys import keys_add
-from cli.train import add_arguments as train_arguments
 from cli.train import train as train_model
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE
 from gateway.settings import LOCAL_THRESHOLDS_FILE
@@ -80,7 +80,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune the embedding model with a triplet loss on labelled photos",
         description="fine-tune the embedding model with a triplet loss on labelled photos",
     )
-    train_arguments(train)
+    from services.embedder.training.options import DEFAULT_TRAINABLE, MINING
+
+    train.add_argument(
+        "dataset", type=Path, metavar="DATASET", help="a labels.json file, or a folder with a subfolder per person"
+    )
+    train.add_argument("--steps", type=int, required=True, help="training steps (batches) in all")
+    train.add_argument("--mining", choices=MINING, default="batch-hard", help="triplet mining")
+    train.add_argument("--margin", type=float, default=0.2, help="triplet margin on unit vectors (default 0.2)")
+    train.add_argument("--p", type=int, default=8, help="persons per batch (default 8)")
+    train.add_argument("--k", type=int, default=4, help="photos per person in a batch (default 4)")
+    train.add_argument("--out", type=Path, required=True, help="folder of the crops, checkpoints and report")
+    train.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in --out")
+    train.add_argument("--learning-rate", type=float, default=1e-5, help="Adam's learning rate (default 1e-5)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    train.add_argument(
+        "--trainable",
+        default=",".join(DEFAULT_TRAINABLE),
+        help=f"the modules trained, the rest frozen (default {','.join(DEFAULT_TRAINABLE)})",
+    )
+    train.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
+    train.add_argument("--held-out", type=float, default=0.25, help="share of identities kept for the measures")
+    train.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    train.add_argument(
+        "--export",
+        action="store_true",
+        help="add the trained network as a new version of the model in the embedder's model repository",
+    )
+    train.add_argument(
+        "--model-repository", type=Path, default=None, help="the repository to export to (default: the setting's)"
+    )
     train.set_defaults(handler=train_model)
 
     # --- calls to the gateway -----------------------------------------------------------------
@@ -143,7 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where the threshold is stored per model, the gateway reads it (default {LOCAL_THRESHOLDS_FILE})",
     )
     evaluate = command("eval", "measure how well the running suite recognises the people of labelled photos", None)
-    eval_arguments(evaluate)
+    evaluate.add_argument(
+        "dataset",
+        type=Path,
+        nargs="?",
+        metavar="DATASET",
+        help="a labels.json file, or a folder with a subfolder per person (not with --compare)",
+    )
+    evaluate.add_argument(
+        "--out", type=Path, default=Path("."), help="folder for evaluation_MODEL.{json,html} (default: here)"
+    )
+    evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results here instead")
+    evaluate.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the page here instead")
+    evaluate.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="RESULTS.json",
+        help="no evaluation: one HTML page of these result files side by side",
+    )
+    evaluate.set_defaults(handler=evaluate_run)
 
     # --- API keys ------------------------------------------------------------------------------
     keys = commands.add_parser("keys", help="API keys of the gateway")

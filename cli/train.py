@@ -7,43 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from cli.exit_status import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from services.embedder.training.options import DEFAULT_TRAINABLE, MINING
-
-    parser.add_argument(
-        "dataset", type=Path, metavar="DATASET", help="a labels.json file, or a folder with a subfolder per person"
-    )
-    parser.add_argument("--steps", type=int, required=True, help="training steps (batches) in all")
-    parser.add_argument("--mining", choices=MINING, default="batch-hard", help="triplet mining")
-    parser.add_argument("--margin", type=float, default=0.2, help="triplet margin on unit vectors (default 0.2)")
-    parser.add_argument("--p", type=int, default=8, help="persons per batch (default 8)")
-    parser.add_argument("--k", type=int, default=4, help="photos per person in a batch (default 4)")
-    parser.add_argument("--out", type=Path, required=True, help="folder of the crops, checkpoints and report")
-    parser.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in --out")
-    parser.add_argument("--learning-rate", type=float, default=1e-5, help="Adam's learning rate (default 1e-5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    parser.add_argument(
-        "--trainable",
-        default=",".join(DEFAULT_TRAINABLE),
-        help=f"the modules trained, the rest frozen (default {','.join(DEFAULT_TRAINABLE)})",
-    )
-    parser.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
-    parser.add_argument("--held-out", type=float, default=0.25, help="share of identities kept for the measures")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument(
-        "--export",
-        action="store_true",
-        help="add the trained network as a new version of the model in the embedder's model repository",
-    )
-    parser.add_argument(
-        "--model-repository", type=Path, default=None, help="the repository to export to (default: the setting's)"
-    )
 
 
 def train(args: argparse.Namespace) -> int:

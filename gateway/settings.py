@@ -11,11 +11,11 @@ API keys are never stored in the clear: ``api_keys_file`` and ``api_keys`` hold 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from gateway.thresholds import read_thresholds
 from services.runtime.channels import MAX_ATTEMPTS, RetryPolicy
 from services.runtime.page_tokens import PageTokenKey, key_bytes
 from services.runtime.settings import ServiceSettings
@@ -108,10 +108,7 @@ class GatewaySettings(ServiceSettings):
         if path is None or not path.is_file():
             return self
         try:
-            models = json.loads(path.read_text())["models"]
-            calibrated = _checked_thresholds(
-                {model_id: float(entry["threshold"]) for model_id, entry in models.items()}
-            )
+            calibrated = _checked_thresholds(read_thresholds(path))
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{path} is not a thresholds file of `facesearch calibrate`: {error!r}") from None
         return self.model_copy(update={"similarity_thresholds": {**self.similarity_thresholds, **calibrated}})
