@@ -4,6 +4,7 @@
 # changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/fetch_tools.sh  # helm, prometheus and promtool for the deployment checks (.tools/)
 
 venv=${FACESEARCH_VENV:-.venv}
 stamp="$venv/.facesearch-installed"
