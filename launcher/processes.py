@@ -5,6 +5,14 @@ are ready when grpc.health.v1 says SERVING; the embedder is Triton, which does n
 that protocol, so it is ready when Triton says the server and its model are ready. The
 embedder's first start converts the FaceNet weights and writes its model repository
 (``facesearch models prepare``) before Triton starts: about half a minute on a small machine.
+
+``Suite`` supervises them. It starts nothing when one of their ports is taken already, and a
+service is ready only when the process listening on its port is the one it started. A service
+that exits while the suite runs is started again after a backoff (1 s, doubling up to 30 s,
+back to 1 s once it has run for a minute), and the others keep serving meanwhile. Stopping
+(SIGTERM or Ctrl-C) stops the gateway first and lets it finish its calls in flight while the
+back ends still answer them, then stops the back ends. Every child dies with the launcher,
+even a launcher killed with SIGKILL (``services.runtime.processes``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,16 @@ from gateway.settings import GatewaySettings
 from services.detector.settings import DetectorSettings
 from services.embedder.settings import EmbedderSettings
 from services.runtime.processes import ChildProcess
-from services.runtime.readiness import ExitedEarly, NotReady, grpc_serving, triton_ready, wait_until_ready
+from services.runtime.readiness import (
+    ExitedEarly,
+    NotReady,
+    grpc_serving,
+    listeners,
+    port_in_use,
+    process_tree,
+    triton_ready,
+    wait_until_ready,
+)
 from services.runtime.settings import SettingsError, load_settings
 from services.search.settings import SearchSettings
 
@@ -35,14 +52,27 @@ class ServiceProcess:
     metrics_port: int
     env: dict[str, str] = field(default_factory=dict)
     # Whether the started service answers; default: grpc.health.v1 says SERVING.
-    ready: Callable[[], bool] | None = None
+    readiness: Callable[[], bool] | None = None
     startup_timeout_s: float | None = None  # default: the suite's
     extra: str = ""  # more to print beside its addresses
+    other_ports: dict[str, int] = field(default_factory=dict)  # more ports it listens on, by use
     child: ChildProcess | None = None
+    restarts: int = 0  # restarts since it last ran for a while
+    restart_at: float | None = None  # when it is to be started again, once it has exited
+    started_at: float = 0.0
+    ready: bool = False
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port it listens on, by use."""
+        return {"gRPC": self.port, "metrics": self.metrics_port, **self.other_ports}
+
+    def check(self) -> Callable[[], bool]:
+        return self.readiness or grpc_serving(self.address)
 
 
 DEFAULT_METRICS_PORTS = {"gateway": 9100, "detector": 9101, "embedder": 8002, "search": 9102}
@@ -82,7 +112,8 @@ def default_suite() -> list[ServiceProcess]:
             port=embedder.port,
             metrics_port=embedder.metrics_port or DEFAULT_METRICS_PORTS["embedder"],
             env={"FACESEARCH_EMBEDDER_HTTP_PORT": str(embedder.http_port)},
-            ready=triton_ready(f"127.0.0.1:{embedder.port}", [(embedder.model_id, embedder.model_version)]),
+            other_ports={"HTTP": embedder.http_port},
+            readiness=triton_ready(f"127.0.0.1:{embedder.port}", [(embedder.model_id, embedder.model_version)]),
             startup_timeout_s=max(EMBEDDER_STARTUP_TIMEOUT_S, embedder.startup_timeout_s),
             extra=f"  http http://127.0.0.1:{embedder.http_port}  (Triton, model {embedder.model_id}, "
             f"{embedder.flavour})",
@@ -132,48 +163,106 @@ def ensure_local_key() -> tuple[Path, Path]:
 
 
 class Suite:
-    def __init__(self, services: list[ServiceProcess], startup_timeout_s: float = 120.0) -> None:
+    """The services as supervised children; the last one (the gateway) is the front, stopped first."""
+
+    def __init__(
+        self,
+        services: list[ServiceProcess],
+        startup_timeout_s: float = 120.0,
+        restart_backoff_s: float = 1.0,
+        max_restart_backoff_s: float = 30.0,
+        stable_after_s: float = 60.0,
+        stop_grace_s: float = 15.0,
+    ) -> None:
         self.services = services
         self.startup_timeout_s = startup_timeout_s
+        self.restart_backoff_s = restart_backoff_s
+        self.max_restart_backoff_s = max_restart_backoff_s
+        self.stable_after_s = stable_after_s
+        self.stop_grace_s = stop_grace_s
 
     def start(self) -> None:
+        """Starts every service and waits until each is ready; RuntimeError when one cannot
+        start (nothing is left running then)."""
+        taken = [
+            f"{port} ({service.name} {use})"
+            for service in self.services
+            for use, port in service.ports.items()
+            if port and port_in_use(port)
+        ]
+        if taken:
+            raise RuntimeError(
+                f"port{'s' if len(taken) > 1 else ''} {', '.join(taken)} already in use by another process "
+                "(a facesearch up still running?): stop it, or set other ports (FACESEARCH_<SERVICE>_PORT, "
+                "..._METRICS_PORT)"
+            )
         for service in self.services:
-            prefix = f"FACESEARCH_{service.name.upper()}_"
-            env = {
-                **os.environ,
-                f"{prefix}PORT": str(service.port),
-                f"{prefix}METRICS_PORT": str(service.metrics_port),
-                **service.env,
-            }
-            env.setdefault(f"{prefix}LOG_FORMAT", "text")
-            service.child = ChildProcess(service.name, [sys.executable, "-m", service.module], env=env).start()
+            self._spawn(service)
         for service in self.services:
             try:
-                wait_until_ready(
-                    service.ready or grpc_serving(service.address),
-                    service.startup_timeout_s or self.startup_timeout_s,
-                    what=f"{service.name} on {service.address}",
-                    process=service.child,
-                    interval_s=0.2,
-                )
-            except (NotReady, ExitedEarly) as error:
+                self._wait_ready(service, service.startup_timeout_s or self.startup_timeout_s)
+            except (NotReady, ExitedEarly, RuntimeError) as error:
                 self.stop()
                 raise RuntimeError(str(error)) from None
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM to every service (the gateway first), then SIGKILL to those still running
-        after ``grace_s``."""
-        running = [s.child for s in reversed(self.services) if s.child is not None and s.child.running]
-        for child in running:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for child in running:
-            if child.wait(max(0.1, deadline - time.monotonic())) is None:
-                child.stop_timeout_s = 0.1
-                child.stop()
+    def _spawn(self, service: ServiceProcess) -> None:
+        prefix = f"FACESEARCH_{service.name.upper()}_"
+        env = {
+            **os.environ,
+            f"{prefix}PORT": str(service.port),
+            f"{prefix}METRICS_PORT": str(service.metrics_port),
+            **service.env,
+        }
+        env.setdefault(f"{prefix}LOG_FORMAT", "text")
+        service.child = ChildProcess(service.name, [sys.executable, "-m", service.module], env=env).start()
+        service.started_at = time.monotonic()
+        service.ready = False
+
+    def _wait_ready(self, service: ServiceProcess, timeout_s: float) -> None:
+        wait_until_ready(
+            service.check(),
+            timeout_s,
+            what=f"{service.name} on {service.address}",
+            process=service.child,
+            interval_s=0.2,
+        )
+        self._check_owner(service)
+        service.ready = True
+
+    @staticmethod
+    def _check_owner(service: ServiceProcess) -> None:
+        """RuntimeError when the process listening on the service's port is not the child
+        started for it (nor one of its own children, as Triton is the embedder's)."""
+        owners = listeners(service.port)
+        if owners is None or service.child is None or service.child.pid is None:
+            return  # cannot tell here
+        if not owners & process_tree(service.child.pid):
+            raise RuntimeError(
+                f"{service.name}: {service.address} is answered by another process (pid "
+                f"{', '.join(map(str, sorted(owners)))}), not the {service.name} facesearch up started"
+            )
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stops the gateway first, waiting up to ``grace_s`` for it to finish its calls in
+        flight while the back ends still serve them, then the back ends; SIGKILL to any still
+        running ``grace_s`` after its SIGTERM."""
+        grace_s = self.stop_grace_s if grace_s is None else grace_s
+        for service in self.services:
+            service.restart_at = None
+        front, back = self.services[-1:], self.services[:-1]
+        for tier in (front, back):
+            running = [s.child for s in tier if s.child is not None and s.child.running]
+            for child in running:
+                child.signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            for child in running:
+                if child.wait(max(0.1, deadline - time.monotonic())) is None:
+                    child.stop_timeout_s = 0.1
+                    child.stop()
 
     def wait(self) -> int:
-        """Blocks until a service exits or SIGTERM/SIGINT arrives; returns an exit status."""
+        """Supervises the services until SIGTERM/SIGINT arrives (returns 0): one that exits is
+        started again after a backoff, the others keep serving."""
         stopping = False
 
         def request_stop(signum, frame):  # noqa: ARG001
@@ -184,8 +273,46 @@ class Suite:
         signal.signal(signal.SIGINT, request_stop)
         while not stopping:
             for service in self.services:
-                if service.child is not None and not service.child.running:
-                    print(f"{service.name} exited with status {service.child.returncode}", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+                if stopping:
+                    break
+                self.supervise(service)
+            time.sleep(0.2)
         return 0
+
+    def supervise(self, service: ServiceProcess) -> None:
+        """One look at ``service``: restart it when it has exited and its backoff has passed,
+        report it ready again once it answers."""
+        now = time.monotonic()
+        child = service.child
+        if service.restart_at is not None:
+            if now >= service.restart_at:
+                service.restart_at = None
+                self._spawn(service)
+                _say(f"{service.name} restarted (pid {service.child.pid})")
+            return
+        if child is None:
+            return
+        if child.running:
+            if not service.ready and service.check()():
+                try:
+                    self._check_owner(service)
+                except RuntimeError as error:
+                    _say(str(error))
+                    child.stop()
+                    return
+                service.ready = True
+                _say(f"{service.name} ready again after {now - service.started_at:.1f} s")
+            if service.ready and now - service.started_at > self.stable_after_s:
+                service.restarts = 0
+            return
+        delay = min(self.max_restart_backoff_s, self.restart_backoff_s * 2**service.restarts)
+        service.restarts += 1
+        service.restart_at = now + delay
+        _say(
+            f"{service.name} exited with status {child.returncode}; restarting it in {delay:g} s "
+            f"(restart {service.restarts}); the other services keep serving"
+        )
+
+
+def _say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} facesearch up: {message}", file=sys.stderr, flush=True)

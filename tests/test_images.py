@@ -482,16 +482,72 @@ def test_min_side_with_exif_rotation_keeps_full_oriented_size(large_jpeg):
     assert np.abs(decoded.pixels.astype(float) - reference.astype(float)).mean() < 4
 
 
-def test_min_side_never_reduces_a_png():
+@pytest.mark.parametrize(
+    ("image_format", "options"),
+    [("PNG", {"compress_level": 1}), ("WEBP", {"lossless": True}), ("BMP", {}), ("TIFF", {})],
+)
+def test_min_side_reduces_other_formats_by_a_whole_factor(image_format, options):
     ys, xs = np.mgrid[0:1500, 0:2000]
     pixels = np.stack([xs % 256, ys % 256, (xs + ys) % 256], axis=2).astype(np.uint8)
-    data = encode(Image.fromarray(pixels), "PNG", compress_level=1)
+    data = encode(Image.fromarray(pixels), image_format, **options)
 
-    decoded = decode_image(data, LIMITS, min_side=200)
+    decoded = decode_image(data, LIMITS, min_side=300)  # 2000 // 300: reduced 6 times, 334 x 250
 
-    assert_rgb(decoded, 2000, 1500)
-    assert decoded.scale == 1.0
-    np.testing.assert_array_equal(decoded.pixels, pixels)
+    height, width = decoded.pixels.shape[:2]
+    assert (width, height) == (334, 250)
+    assert (decoded.width, decoded.height) == (2000, 1500)
+    assert decoded.scale == pytest.approx(334 / 2000)
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(Image.fromarray(pixels).reduce(6)))
+    assert_rgb(decode_image(data, LIMITS, min_side=1001), 2000, 1500)  # 2000 // 1001 = 1: full size
+
+
+def _reduced_reference(data: bytes, factor: int) -> np.ndarray:
+    """The full-size decode of ``data``, box-averaged by ``factor``."""
+    return np.asarray(Image.fromarray(decode_image(data, LIMITS).pixels).reduce(factor)).astype(float)
+
+
+@pytest.mark.parametrize("kind", ["bilevel", "palette", "palette-transparency", "16-bit-dark", "colour-key"])
+def test_reduced_decoding_of_narrow_modes_matches_the_full_decode(kind):
+    # Modes Pillow cannot reduce in place are widened band by band: same picture as the
+    # full decode shrunk, transparency over white, a dark 16-bit photo still dark.
+    rng = np.random.default_rng(3)
+    blocks = rng.integers(0, 4, (30, 40)).repeat(10, axis=0).repeat(10, axis=1)  # 400 x 300
+    if kind == "bilevel":
+        image = Image.fromarray(blocks % 2 == 1).convert("1")
+    elif kind.startswith("palette"):
+        image = Image.fromarray(blocks.astype(np.uint8), "P")
+        image.putpalette([10, 20, 30, 200, 40, 60, 30, 180, 90, 250, 250, 5])
+    elif kind == "16-bit-dark":
+        image = Image.fromarray((blocks * 300 + 100).astype(np.uint16))
+    else:
+        image = Image.fromarray(np.stack([blocks * 60] * 3, axis=2).astype(np.uint8))
+    options = {"transparency": 1} if kind == "palette-transparency" else {}
+    if kind == "colour-key":
+        options = {"transparency": (60, 60, 60)}
+    data = encode(image, "PNG", **options)
+
+    decoded = decode_image(data, LIMITS, min_side=100)  # reduced 4 times
+
+    assert decoded.pixels.shape == (75, 100, 3)
+    reference = _reduced_reference(data, 4)
+    assert np.abs(decoded.pixels.astype(float) - reference).max() <= 1
+    if kind == "16-bit-dark":
+        assert decoded.pixels.max() <= 1000 // 257 + 1
+    if kind in ("palette-transparency", "colour-key"):
+        assert (decoded.pixels == 255).all(axis=2).any()
+
+
+def test_reduced_png_is_turned_by_its_exif_orientation(photo_pixels):
+    stored = stored_for_orientation(photo_pixels, 6)  # 640 rows x 480 columns
+    data = encode(Image.fromarray(stored), "PNG", exif=exif_with_orientation(6))
+
+    decoded = decode_image(data, LIMITS, min_side=200)  # reduced 3 times
+
+    assert (decoded.width, decoded.height) == (640, 480)
+    assert decoded.pixels.shape == (160, 214, 3)
+    # Reduced as stored (its partial last box on the stored photo's last row), then turned.
+    upright = np.rot90(np.asarray(Image.fromarray(stored).reduce(3)), -1)
+    np.testing.assert_array_equal(decoded.pixels, upright)
 
 
 # --------------------------------------------------------------------------- limits and errors

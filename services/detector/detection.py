@@ -7,20 +7,27 @@ boxes and landmarks are mapped back to the original photo. The first pass uses
 the configured confidence; photos with no face are tried again at each lower
 ``retry_confidences`` value, so a hard photo still yields its face while easy
 ones keep the strict threshold.
+
+Every photo fails alone: when the backend raises on a batch, each of its photos is
+run again by itself, and a photo that still fails comes back as its own ``Detection``
+with ``error`` set, beside the others' faces.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from services.detector.alignment import align_face
+from services.detector.alignment import face_crop
 from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
 from services.detector.images import DecodedImage
 from services.detector.quality import blur_variance
 from services.detector.settings import DetectorSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class Detection:
     faces: list[DetectedFace] = field(default_factory=list)
     threshold_used: float = 0.0
     blurred_faces_skipped: int = 0
+    # Why detection failed for this photo alone; None when it did not.
+    error: str | None = None
 
 
 class FaceDetector:
@@ -75,6 +84,7 @@ class FaceDetector:
         ladder = [options.min_confidence] + [c for c in self.settings.retry_confidences if c < options.min_confidence]
         inputs = [self._detection_input(image) for image in images]
         found: dict[int, tuple[float, list[tuple[FaceCandidate, float]]]] = {}
+        failed: dict[int, str] = {}
         pending = list(range(len(images)))
         for threshold in ladder:
             if not pending:
@@ -82,15 +92,24 @@ class FaceDetector:
             candidates = self._run_backend([inputs[i] for i in pending], options, threshold)
             still_pending = []
             for index, faces in zip(pending, candidates):
-                if faces:
+                if isinstance(faces, Exception):
+                    failed[index] = f"detection failed: {type(faces).__name__}: {faces}"
+                elif faces:
                     found[index] = (threshold, faces)
                 else:
                     still_pending.append(index)
             pending = still_pending
         detections = []
         for index, image in enumerate(images):
+            if index in failed:
+                detections.append(Detection(image=image, error=failed[index]))
+                continue
             threshold, faces = found.get(index, (ladder[-1], []))
-            detections.append(self._finish(image, faces, threshold, options))
+            try:
+                detections.append(self._finish(image, faces, threshold, options))
+            except Exception as error:
+                log.exception("finishing a detection failed", extra={"width": image.width, "height": image.height})
+                detections.append(Detection(image=image, error=f"detection failed: {type(error).__name__}: {error}"))
         return detections
 
     def _detection_input(self, image: DecodedImage) -> tuple[np.ndarray, float]:
@@ -105,13 +124,16 @@ class FaceDetector:
 
     def _run_backend(
         self, inputs: list[tuple[np.ndarray, float]], options: DetectionOptions, threshold: float
-    ) -> list[list[tuple[FaceCandidate, float]]]:
-        """Backend candidates per input, with their scale, filtered by face size."""
+    ) -> list[list[tuple[FaceCandidate, float]] | Exception]:
+        """Backend candidates per input, with their scale, filtered by face size; the
+        exception instead for an input the backend fails on even alone."""
         scales = [scale for _, scale in inputs]
         search_size = max(self.settings.min_detection_face_size, round(options.min_face_size * min(scales)))
-        outputs = self.backend.detect([pixels for pixels, _ in inputs], search_size, threshold)
+        outputs = self._backend_outputs([pixels for pixels, _ in inputs], search_size, threshold)
         return [
-            [
+            candidates
+            if isinstance(candidates, Exception)
+            else [
                 (c, scale)
                 for c in candidates
                 if c.confidence >= threshold
@@ -119,6 +141,27 @@ class FaceDetector:
             ]
             for scale, candidates in zip(scales, outputs)
         ]
+
+    def _backend_outputs(
+        self, images: list[np.ndarray], search_size: int, threshold: float
+    ) -> list[list[FaceCandidate] | Exception]:
+        """The backend on all images at once; when that raises, on each image alone."""
+        try:
+            return list(self.backend.detect(images, search_size, threshold))
+        except Exception as error:
+            if len(images) == 1:
+                log.exception("the detector backend failed on a photo")
+                return [error]
+            log.warning("the detector backend failed on a batch; running its photos one by one", exc_info=True)
+        return [self._alone(image, search_size, threshold) for image in images]
+
+    def _alone(self, image: np.ndarray, search_size: int, threshold: float) -> list[FaceCandidate] | Exception:
+        try:
+            [candidates] = self.backend.detect([image], search_size, threshold)
+        except Exception as error:
+            log.exception("the detector backend failed on a photo", extra={"shape": list(image.shape)})
+            return error
+        return candidates
 
     def _finish(
         self,
@@ -133,16 +176,18 @@ class FaceDetector:
             box = candidate.box / scale
             landmarks = candidate.landmarks / scale
             try:
-                crop = align_face(
+                crop = face_crop(
                     image.pixels,
+                    box * image.scale,
                     landmarks * image.scale,
                     self.settings.crop_size,
                     options.crop_margin,
                     self.settings.alignment,
                 )
-            except ValueError:  # all landmarks at one point: nothing a face could be aligned on
+            except ValueError:  # an empty box, or all landmarks at one point: nothing to crop
                 continue
-            variance = blur_variance(crop)
+            face_side = min(box[2] - box[0], box[3] - box[1]) * image.scale  # in the decoded pixels
+            variance = blur_variance(crop, face_side / (1 - 2 * options.crop_margin))
             blurred = variance < self.settings.blur_threshold
             if blurred and options.skip_blurred:
                 detection.blurred_faces_skipped += 1

@@ -10,8 +10,9 @@ import grpc
 import numpy as np
 
 from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
+from services.detector.admission import Overloaded, PhotosInHand
 from services.detector.detection import Detection, DetectionOptions, FaceDetector
-from services.detector.images import DecodedImage, ImageError, ImageLimits, decode_image
+from services.detector.images import DecodeBudget, DecodeBusy, DecodedImage, ImageError, ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
 
 log = logging.getLogger(__name__)
@@ -27,18 +28,27 @@ class DetectorService(detector_pb2_grpc.DetectorServicer):
         self.settings = settings
         self.executor = executor
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.budget = DecodeBudget(settings.decode_budget_pixels, settings.decode_wait_s)
+        self.in_hand = PhotosInHand(settings.max_pending_images, settings.max_pending_mb * 1024 * 1024)
 
     async def Detect(
         self, request: detector_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> detector_pb2.DetectResponse:
-        try:
-            options = self._options(request.options)
-            if not request.HasField("image"):
-                raise InvalidRequest("image is required")
-            image = await self._run(self._decode, request.image.content)
-        except (InvalidRequest, ImageError) as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        [detection] = await self._run(self.detector.detect, [image], options)
+        with self.in_hand.holding([len(request.image.content)]) as [refused]:
+            try:
+                options = self._options(request.options)
+                if not request.HasField("image"):
+                    raise InvalidRequest("image is required")
+                if refused is not None:
+                    raise refused
+                image = await self._run(self._decode, request.image.content)
+            except (InvalidRequest, ImageError) as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            except (DecodeBusy, Overloaded) as error:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            [detection] = await self._run(self.detector.detect, [image], options)
+        if detection.error is not None:
+            await context.abort(grpc.StatusCode.INTERNAL, detection.error)
         return self._response(detection)
 
     async def DetectBatch(
@@ -54,28 +64,40 @@ class DetectorService(detector_pb2_grpc.DetectorServicer):
                 )
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        decoded = await asyncio.gather(*(self._run(self._decode_or_error, image.content) for image in request.images))
-        good = [item for item in decoded if isinstance(item, DecodedImage)]
-        detections = iter(await self._run(self.detector.detect, good, options) if good else [])
+        with self.in_hand.holding([len(image.content) for image in request.images]) as refusals:
+            decoded = await asyncio.gather(
+                *(
+                    self._run(self._decode_or_error, image.content) if refused is None else _refused(refused)
+                    for image, refused in zip(request.images, refusals)
+                )
+            )
+            good = [item for item in decoded if isinstance(item, DecodedImage)]
+            detections = iter(await self._run(self.detector.detect, good, options) if good else [])
         items = []
         for item in decoded:
-            if isinstance(item, ImageError):
-                error = common_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(item))
+            detection = item if isinstance(item, Exception) else next(detections)
+            if isinstance(detection, Exception):
+                items.append(detector_pb2.DetectBatchItem(error=_item_error(detection)))
+            elif detection.error is not None:
+                error = common_pb2.ItemError(code=grpc.StatusCode.INTERNAL.value[0], message=detection.error)
                 items.append(detector_pb2.DetectBatchItem(error=error))
             else:
-                items.append(detector_pb2.DetectBatchItem(detection=self._response(next(detections))))
+                items.append(detector_pb2.DetectBatchItem(detection=self._response(detection)))
         return detector_pb2.DetectBatchResponse(items=items)
 
     async def _run(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
     def _decode(self, content: bytes) -> DecodedImage:
-        return decode_image(content, self.limits, min_side=self.settings.max_side)
+        return decode_image(content, self.limits, min_side=self.settings.max_side, budget=self.budget)
 
-    def _decode_or_error(self, content: bytes) -> DecodedImage | ImageError:
+    def _decode_or_error(self, content: bytes) -> DecodedImage | Exception:
         try:
             return self._decode(content)
-        except ImageError as error:
+        except (ImageError, DecodeBusy, MemoryError) as error:
+            return error
+        except Exception as error:  # one photo's failure must not fail its batch
+            log.exception("decoding a photo failed")
             return error
 
     def _options(self, message: detector_pb2.DetectOptions) -> DetectionOptions:
@@ -125,6 +147,21 @@ class DetectorService(detector_pb2_grpc.DetectorServicer):
             detector=self.detector.backend.name,
             blurred_faces_skipped=detection.blurred_faces_skipped,
         )
+
+
+async def _refused(error: Overloaded) -> Overloaded:
+    return error
+
+
+def _item_error(error: Exception) -> common_pb2.ItemError:
+    """A photo's own failure as its batch item: bad input, no room to decode it, or a fault."""
+    if isinstance(error, ImageError):
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    elif isinstance(error, (DecodeBusy, Overloaded, MemoryError)):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    else:
+        code = grpc.StatusCode.INTERNAL
+    return common_pb2.ItemError(code=code.value[0], message=str(error) or type(error).__name__)
 
 
 def _box(box: np.ndarray) -> common_pb2.BoundingBox:

@@ -34,6 +34,20 @@ class DetectorSettings(ServiceSettings):
     max_image_pixels: int = Field(200_000_000, ge=1, description="Largest photo in pixels (checked before decoding).")
     max_batch_images: int = Field(64, ge=1, description="Most photos in one DetectBatch call.")
     max_side: int = Field(1280, ge=64, description="Photos are shrunk to this longer side before detection.")
+    decode_budget_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Pixels all decodes of the process hold at once; a larger photo decodes alone.",
+    )
+    decode_wait_s: float = Field(
+        1.0, ge=0, description="How long a photo waits for decode budget before RESOURCE_EXHAUSTED."
+    )
+    max_pending_images: int = Field(
+        256, ge=1, description="Photos in hand at once, over all calls; past it RESOURCE_EXHAUSTED at once."
+    )
+    max_pending_mb: int = Field(
+        256, ge=1, description="Encoded megabytes of the photos in hand at once; past it RESOURCE_EXHAUSTED."
+    )
 
     min_confidence: float = Field(0.9, gt=0, le=1, description="Confidence of the first pass.")
     retry_confidences: list[float] = Field(
@@ -66,9 +80,9 @@ class DetectorSettings(ServiceSettings):
     @field_validator("embedding_model")
     @classmethod
     def _registered_model(cls, value: str) -> str:
-        from services.detector.alignment import landmark_template
+        from services.detector.alignment import check_alignment
 
-        landmark_template(models.by_id(value).crop.alignment)  # both raise ValueError naming the known ones
+        check_alignment(models.by_id(value).crop.alignment)  # both raise ValueError naming the known ones
         return value
 
     @field_validator("retry_confidences")
@@ -96,7 +110,7 @@ class DetectorSettings(ServiceSettings):
 
     @property
     def alignment(self) -> str:
-        """How faces are aligned onto the crop: the embedding model's alignment."""
+        """How faces are put onto the crop: the embedding model's alignment."""
         return self.model.crop.alignment
 
     @model_validator(mode="after")

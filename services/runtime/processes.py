@@ -2,14 +2,19 @@
 runs, stop it with SIGTERM and, after a grace period, SIGKILL to its whole group.
 
 A started child is also stopped when its ``ChildProcess`` is collected or Python exits
-without ``stop`` (a test that fails half-way leaves no server behind).
+without ``stop`` (a test that fails half-way leaves no server behind). On Linux it also
+dies with its parent, however the parent ends (``kill -9`` included): the kernel sends it
+SIGTERM when the thread that started it exits (``die_with_parent``; start children from a
+thread that lives as long as they should).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,12 +31,14 @@ class ChildProcess:
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         stop_timeout_s: float = 15.0,
+        die_with_parent: bool = True,
     ) -> None:
         self.name = name
         self.command = list(command)
         self.env = dict(env) if env is not None else None
         self.log_path = log_path
         self.stop_timeout_s = stop_timeout_s
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -55,6 +62,7 @@ class ChildProcess:
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
             start_new_session=True,  # its own process group: its children go with it
+            preexec_fn=_death_signal(signal.SIGTERM) if self.die_with_parent else None,
         )
 
     @property
@@ -100,6 +108,25 @@ class ChildProcess:
             return f"(no log at {self.log_path})"
         tail = "\n".join(text.splitlines()[-lines:])
         return f"--- last lines of {self.log_path} ---\n{tail}"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal(signum: int):
+    """A preexec_fn that has the kernel send ``signum`` to the child when its parent dies
+    (Linux; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_death_signal() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signum)
+
+    return set_death_signal
 
 
 def terminate(process: subprocess.Popen, timeout_s: float) -> None:

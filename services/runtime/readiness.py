@@ -3,13 +3,21 @@
 ``wait_until_ready`` calls a check until it says yes, the time runs out, or the process
 that should become ready exits first. The checks here: grpc.health.v1 SERVING (our
 services) and Triton's server-and-model readiness.
+
+A check only says that something answers on a port. ``port_in_use`` (before a start) and
+``listeners`` with ``process_tree`` (after it) tell whether that something is the process
+that was started, or another one that held the port already.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -87,3 +95,76 @@ def triton_ready(
             return False  # not listening yet
 
     return check
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a socket listens on ``port`` already (binding it fails), so a server started on
+    it would fail to bind while the old one answered its readiness checks."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not in use
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+_PROC = Path("/proc")
+_TCP_LISTEN = "0A"
+
+
+def listeners(port: int) -> set[int] | None:
+    """The pids of the processes with a TCP socket listening on ``port``; None where that
+    cannot be known (no /proc)."""
+    if not (_PROC / "net" / "tcp").is_file():
+        return None
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (_PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            descriptors = list((entry / "fd").iterdir())
+        except OSError:
+            continue  # gone, or another user's
+        for descriptor in descriptors:
+            try:
+                if os.readlink(descriptor) in inodes:
+                    pids.add(int(entry.name))
+                    break
+            except OSError:
+                continue
+    return pids
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and every process descended from it (from /proc; just ``pid`` without it)."""
+    children: dict[int, list[int]] = {}
+    if _PROC.is_dir():
+        for entry in _PROC.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, pending = set(), [pid]
+    while pending:
+        current = pending.pop()
+        if current not in tree:
+            tree.add(current)
+            pending.extend(children.get(current, []))
+    return tree

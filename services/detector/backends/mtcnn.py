@@ -11,6 +11,8 @@ from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
 
 # Step between the scales of the image pyramid (facenet-pytorch's default).
 PYRAMID_FACTOR = 0.709
+# Side of P-Net's window: the smallest face it finds at the pyramid's first level.
+PNET_SIDE = 12
 
 
 class MtcnnBackend(FaceDetectorBackend):
@@ -42,15 +44,19 @@ class MtcnnBackend(FaceDetectorBackend):
         if not images:
             return []
         results: list[list[FaceCandidate]] = [[] for _ in images]
+        search_size = max(PNET_SIDE, min_face_size)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
-            by_shape.setdefault(image.shape, []).append(index)
+            # The pyramid's largest level maps search_size onto P-Net's 12 px window: an image
+            # shorter than search_size has no level at all, and holds no face that large.
+            if min(image.shape[:2]) >= search_size:
+                by_shape.setdefault(image.shape, []).append(index)
         for (height, width, _), indices in by_shape.items():
             batch = np.stack([images[i] for i in indices])
             with torch.inference_mode():
                 boxes, points = detect_face(
                     batch,
-                    max(12, min_face_size),
+                    search_size,
                     *self.nets,
                     self.stage_thresholds(min_confidence),
                     PYRAMID_FACTOR,
