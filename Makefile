@@ -33,6 +33,7 @@ bench: venv
 	$(PY) -m bench.search_latency --points 100000
 	$(PY) -m bench.gateway_end_to_end
 	$(PY) -m bench.threshold_calibration
+	$(PY) -m bench.crop_geometry
 	$(PY) -m bench.recognition_evaluation
 	$(PY) -m bench.recognition_evaluation --weights dlib
 

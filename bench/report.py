@@ -374,6 +374,11 @@ def load_line(usage: dict, what: str = "Load during the run") -> str:
     return text + "; " + load_remark(usage) + "."
 
 
+def heading(title: str, result: dict) -> list[str]:
+    """A results page's first lines: its title, the machine and the load during the run."""
+    return [f"# {title}", "", machine_line(result["machine"]), "", load_line(result["load"]), ""]
+
+
 def phase_line(name: str, usage: dict) -> str:
     """One line for a part of a run: its length and who used the CPU time."""
     return (

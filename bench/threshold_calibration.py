@@ -27,9 +27,8 @@ from bench.report import (
     REPO,
     RESULTS,
     LoadMeter,
-    load_line,
+    heading,
     machine_facts,
-    machine_line,
     render_again,
     settings_of,
     write_results,
@@ -98,12 +97,7 @@ def markdown(result: dict) -> str:
     default = c["configured_default"]
     detector = c["detector_settings"]
     lines = [
-        f"# Match threshold calibration ({c['model']['id']})",
-        "",
-        machine_line(result["machine"]),
-        "",
-        load_line(result["load"]),
-        "",
+        *heading(f"Match threshold calibration ({c['model']['id']})", result),
         f"Command: `{result['command']}`: the whole suite in this process (detector backend {detector['backend']}, "
         f"min_confidence {detector['min_confidence']}; Triton serving {c['model']['id']} version "
         f"{c['model']['version']}; gateway defaults), the similarities read through the gateway as "

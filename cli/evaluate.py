@@ -37,8 +37,17 @@ def summary(result: dict) -> str:
         f"  {vals}\n"
         f"  identification ({ident['probes']} probes, leave-one-out): {tops or 'no probes'}\n"
         f"  FindMe ({len(result['findme']['people'])} people): precision {findme['precision']:.3f}, "
-        f"recall {findme['recall']:.3f}, F1 {findme['f1']:.3f}"
+        f"recall {findme['recall']:.3f}, F1 {findme['f1']:.3f}" + _several_references(result)
     )
+
+
+def _several_references(result: dict) -> str:
+    """One line per number of references: FindMe precision / recall by each rule."""
+    lines = []
+    for n, by_count in result.get("several_references", {}).get("references", {}).items():
+        rules = "; ".join(f"{rule} {m['precision']:.3f} / {m['recall']:.3f}" for rule, m in by_count["rules"].items())
+        lines.append(f"\n  FindMe from {n} reference(s), {by_count['people']} people, precision / recall: {rules}")
+    return "".join(lines)
 
 
 def evaluate(client: FaceSearchClient, args: argparse.Namespace) -> int:

@@ -169,6 +169,16 @@ def _rows(results: list[dict]) -> list[tuple[str, list[str]]]:
     row("FindMe people", lambda r: len(r["findme"]["people"]), "{}")
     for measure in ("precision", "recall", "f1"):
         row(f"FindMe {measure} (overall)", lambda r, m=measure: r["findme"]["overall"][m])
+    several = results[0].get("several_references", {}).get("references", {})
+    for n, by_count in several.items():
+        for rule in by_count["rules"]:
+            row(
+                f"FindMe from {n} reference(s), {rule}: precision / recall",
+                lambda r, n=n, rule=rule: "{precision:.3f} / {recall:.3f}".format(
+                    **r["several_references"]["references"][n]["rules"][rule]
+                ),
+                "{}",
+            )
     return rows
 
 

@@ -15,10 +15,16 @@ service.
   first one-person photo; the photos found for it, other than that one, are scored against
   the photos labelled with it. Photos of other sets naming someone alike are not counted
   either way.
+- several references: the same FindMe decisions for people enrolled from their first 1, 2
+  and 3 one-person photos, by each rule a person of several references could be matched by
+  (``REFERENCE_RULES``), worked out from the scored pairs alone: the similarity of a face to
+  the unit mean of reference vectors r_i is sum_i s_i / |sum_i r_i|, where
+  |sum_i r_i|^2 = n + 2 sum_{i<j} r_i . r_j, and every such similarity is a scored pair.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -211,3 +217,93 @@ def worst_mistakes(scored: Iterable[Scored], count: int = 8) -> dict:
         "different_person": described(sorted(impostor, key=lambda p: -p[0])[:count]),
         "same_person": described(sorted(genuine, key=lambda p: p[0])[:count]),
     }
+
+
+# How a face is compared with a person of several reference faces (s_i: its similarities to them).
+MEAN_SIMILARITY = "mean similarity"  # mean s_i: what the gateway does
+BEST_REFERENCE = "best reference"  # max s_i: a match with any one reference
+MEAN_FACE = "mean face"  # to the unit mean of the references' vectors
+REFERENCE_RULES = (MEAN_SIMILARITY, BEST_REFERENCE, MEAN_FACE)
+REFERENCE_COUNTS = (1, 2, 3)
+
+
+def _face_key(face: FoundFace) -> tuple[str, int]:
+    return (face.photo.key, face.index)
+
+
+def rule_similarity(rule: str, to_references: Sequence[float], among_references: Sequence[float]) -> float:
+    """The similarity of a face to a person by ``rule``: ``to_references`` are its similarities
+    to the person's n reference faces, ``among_references`` those of the n (n - 1) / 2 pairs of
+    reference faces (only the mean face needs them)."""
+    if rule == BEST_REFERENCE:
+        return max(to_references)
+    if rule == MEAN_SIMILARITY:
+        return sum(to_references) / len(to_references)
+    if rule == MEAN_FACE:
+        norm = math.sqrt(max(len(to_references) + 2 * sum(among_references), 1e-12))
+        return sum(to_references) / norm
+    raise ValueError(f"unknown rule {rule!r} (one of {', '.join(REFERENCE_RULES)})")
+
+
+def several_references(
+    scored: Sequence[Scored],
+    photos: Sequence[LabelledPhoto],
+    threshold: float,
+    counts: Iterable[int] = REFERENCE_COUNTS,
+    min_photos: int = 3,
+) -> dict:
+    """FindMe precision, recall and F1 at ``threshold`` for people enrolled from 1, 2, 3 ...
+    one-person photos, by each rule of ``REFERENCE_RULES``. For n references, the people are the
+    identities with at least n one-person photos whose face was scored, and at least
+    ``min_photos`` - 1 other labelled photos; a photo is found when one of its faces is."""
+    similarity: dict[frozenset, float] = {}
+    faces_of: dict[str, list[FoundFace]] = defaultdict(list)
+    for a, b, s in scored:
+        similarity[frozenset([_face_key(a), _face_key(b)])] = s
+        for face in (a, b):
+            if face not in faces_of[face.photo.key]:
+                faces_of[face.photo.key].append(face)
+    labelled: dict[tuple[str, str], list[LabelledPhoto]] = defaultdict(list)
+    for photo in photos:
+        for identity in photo.people:
+            labelled[(photo.set_name, identity)].append(photo)
+    results = {}
+    for n in counts:
+        decisions: dict[str, tuple[set, set]] = {rule: (set(), set()) for rule in REFERENCE_RULES}  # found, relevant
+        people = 0
+        for (set_name, identity), of_them in labelled.items():
+            singles = [p for p in of_them if [f.identity for f in faces_of.get(p.key, [])] == [identity]]
+            if len(singles) < n or len(of_them) - n < min_photos - 1:
+                continue
+            references = [faces_of[p.key][0] for p in singles[:n]]
+            enrolment = {p.key for p in singles[:n]}
+            name = singles[0].names.get(identity, "")
+            ignored = {
+                p.key
+                for p in photos
+                if name and p.set_name != set_name and any(p.names.get(i) == name for i in p.people)
+            }
+            among = [
+                similarity[frozenset([_face_key(a), _face_key(b)])]
+                for i, a in enumerate(references)
+                for b in references[i + 1 :]
+            ]
+            relevant = {(identity, set_name, p.key) for p in of_them if p.key not in enrolment}
+            people += 1
+            for photo_key, faces in faces_of.items():
+                if photo_key in enrolment or photo_key in ignored:
+                    continue
+                for face in faces:
+                    to_references = [similarity.get(frozenset([_face_key(face), _face_key(r)])) for r in references]
+                    if None in to_references:
+                        continue
+                    for rule in REFERENCE_RULES:
+                        if rule_similarity(rule, to_references, among) >= threshold:
+                            decisions[rule][0].add((identity, set_name, photo_key))
+            for rule in REFERENCE_RULES:
+                decisions[rule][1].update(relevant)
+        results[str(n)] = {
+            "people": people,
+            "rules": {rule: _retrieval_dict(retrieval(*decided)) for rule, decided in decisions.items()},
+        }
+    return {"threshold": threshold, "references": results}

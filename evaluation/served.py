@@ -13,7 +13,8 @@ tenant must have no enrolled people.
 FindMe (``find_me``): every photo is indexed into the tenant (its id: SET/FILE), each
 identity with 3 or more labelled photos is enrolled from its first one-person photo, and
 FindMe by that person at the configured threshold gives the photos scored
-(``evaluation.recognition``). ``evaluate_dataset`` needs a tenant that stores nothing and
+(``evaluation.recognition``); the same decisions for people of 1, 2 and 3 references, by
+each rule, follow from the similarities. ``evaluate_dataset`` needs a tenant that stores nothing and
 deletes every photo and person it adds, also when it fails.
 """
 
@@ -28,7 +29,14 @@ from pathlib import Path
 import grpc
 
 from evaluation.calibration import FoundFace, LabelledPhoto, found_faces, labelled_pairs, load_labels
-from evaluation.recognition import FindMeTarget, findme_scores, findme_targets, identification, verification
+from evaluation.recognition import (
+    FindMeTarget,
+    findme_scores,
+    findme_targets,
+    identification,
+    several_references,
+    verification,
+)
 from evaluation.recognition import worst_mistakes as mistakes
 from facesearch.v1 import facesearch_pb2
 from sdk.client import FaceSearchClient, FaceSearchError
@@ -161,6 +169,7 @@ def evaluate_dataset(
         "verification": verification(genuine, impostor, threshold),
         "identification": identification(scored),
         "findme": {"min_photos": FINDME_MIN_PHOTOS, **findme_scores(targets, found)},
+        "several_references": several_references(scored, photos, threshold, min_photos=FINDME_MIN_PHOTOS),
         "worst_mistakes": mistakes(scored),
     }
     if keep_pairs:

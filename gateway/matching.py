@@ -2,6 +2,14 @@
 
 A match is a similarity at or above the model's threshold (configured per model, or
 given per call); every answer says which model and threshold it used.
+
+A person known by several faces (their enrolled references, or the reference photos of
+one FindMe call) is compared by the mean of a face's similarities to all of them
+(``References``): a stranger must look like the person in every reference, not in one,
+so the threshold calibrated for single pairs keeps its false-accept rate however many
+references a person has, where a match with any one reference lets in about as many
+times more strangers as there are references. The price is a little recall; both are
+measured in docs/evaluation.md, "Several references".
 """
 
 from __future__ import annotations
@@ -21,6 +29,42 @@ from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fin
 GALLERY = search_pb2.FACE_SOURCE_GALLERY
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
 REFERENCES_PER_PERSON = 10  # reference faces one person may hold in a top-k list
+CANDIDATES_PER_FACE = 2  # candidate people per requested answer of one face
+
+
+@dataclass(frozen=True)
+class References:
+    """One person's reference faces. A face's similarity to the person is the mean of its
+    similarities to the references, which is its dot product with their mean vector: one
+    nearest-neighbour query along that mean finds the faces of any similarity."""
+
+    mean: np.ndarray  # the mean of the references' unit vectors (its norm is at most 1)
+    norm: float
+
+    @classmethod
+    def of(cls, vectors: list[np.ndarray]) -> References:
+        mean = np.mean(np.asarray(vectors, dtype=np.float32), axis=0)
+        norm = float(np.linalg.norm(mean))
+        if norm < 1e-6:
+            raise invalid("the reference faces cancel out: they cannot all show one person")
+        return cls(mean, norm)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """The unit vector along the mean: the nearest-neighbour query."""
+        return self.mean / self.norm
+
+    def similarity(self, vector: np.ndarray) -> float:
+        return float(np.clip(vector @ self.mean, -1.0, 1.0))
+
+    def query_threshold(self, threshold: float) -> float:
+        """The cosine to ``direction`` of a face whose similarity is ``threshold`` (above 1:
+        no face can reach it)."""
+        return max(-1.0, threshold / self.norm)
+
+    def from_query(self, cosine: float) -> float:
+        """The similarity of a face at this cosine to ``direction``."""
+        return float(np.clip(cosine * self.norm, -1.0, 1.0))
 
 
 @dataclass
@@ -75,23 +119,45 @@ class Matcher:
         if analysed.error is not None:
             code, message = analysed.error
             raise GatewayError(code, f"photo: {message}")
-        hits = await self.deps.query(
-            tenant, [f.vector for f in analysed.faces], top_k * REFERENCES_PER_PERSON, threshold, ENROLLMENT, deadline
-        )
+        vectors = [f.vector for f in analysed.faces]
+        # A person whose mean similarity reaches the threshold has a reference that does.
+        hits = await self.deps.query(tenant, vectors, top_k * REFERENCES_PER_PERSON, threshold, ENROLLMENT, deadline)
+        candidates_of_face: list[dict[str, str]] = []  # person id -> display name, per face
+        for face_hits in hits:
+            candidates: dict[str, str] = {}
+            for hit in face_hits:  # best first
+                if len(candidates) == top_k * CANDIDATES_PER_FACE:
+                    break
+                candidates.setdefault(hit.face.payload.person_id, hit.face.payload.person_name)
+            candidates_of_face.append(candidates)
+        people = sorted({person for candidates in candidates_of_face for person in candidates})
+        references = await self._references(tenant, people, deadline)
         identified = []
-        for found, face_hits in zip(analysed.faces, hits, strict=True):
-            best: dict[str, facesearch_pb2.Candidate] = {}
-            for hit in face_hits:
-                payload = hit.face.payload
-                if payload.person_id not in best:  # hits come best first
-                    best[payload.person_id] = facesearch_pb2.Candidate(
-                        person_id=payload.person_id, display_name=payload.person_name, similarity=hit.score
+        for found, candidates in zip(analysed.faces, candidates_of_face, strict=True):
+            scored = []
+            for person_id, name in candidates.items():
+                if person_id not in references:
+                    continue  # deleted since the query
+                similarity = references[person_id].similarity(found.vector)
+                if similarity >= threshold:
+                    scored.append(
+                        facesearch_pb2.Candidate(person_id=person_id, display_name=name, similarity=similarity)
                     )
-            candidates = list(best.values())[:top_k]
+            scored.sort(key=lambda c: (-c.similarity, c.person_id))
             identified.append(
-                facesearch_pb2.IdentifiedFace(face=found.face, candidates=candidates, unknown=not candidates)
+                facesearch_pb2.IdentifiedFace(face=found.face, candidates=scored[:top_k], unknown=not scored)
             )
         return identified
+
+    async def _references(self, tenant: str, people: list[str], deadline: Deadline) -> dict[str, References]:
+        """The references of each of these enrolled people (those still enrolled)."""
+        if not people:
+            return {}
+        faces = await self.people.references_of(tenant, people, deadline, with_vectors=True)
+        return {
+            person_id: References.of([np.asarray(f.vector, dtype=np.float32) for f in of_person])
+            for person_id, of_person in faces.items()
+        }
 
     async def find_me(
         self,
@@ -103,7 +169,8 @@ class Matcher:
         page_token: str,
         deadline: Deadline,
     ) -> tuple[list[facesearch_pb2.PhotoMatch], str]:
-        """Every indexed photo holding a face like any of the references, best first, once each."""
+        """Every indexed photo holding a face of the person the references show (the given photos'
+        clearest faces and the enrolled person's references, together), best first."""
         settings = self.deps.settings
         limit = limit or 50
         if not 1 <= limit <= settings.max_page_size:
@@ -137,13 +204,18 @@ class Matcher:
                 raise not_found(f"no person {person_id!r} is enrolled")
             vectors += [np.asarray(f.vector, dtype=np.float32) for f in enrolled]
 
-        hits = await self.deps.query(tenant, vectors, settings.max_matches, threshold, GALLERY, deadline)
+        person = References.of(vectors)
+        cosine = person.query_threshold(threshold)
+        hits = []
+        if cosine <= 1.0:
+            [hits] = await self.deps.query(tenant, [person.direction], settings.max_matches, cosine, GALLERY, deadline)
         best: dict[str, search_pb2.ScoredFace] = {}
-        for face_hits in hits:
-            for hit in face_hits:
-                photo_id = hit.face.payload.photo_id
-                if photo_id not in best or hit.score > best[photo_id].score:
-                    best[photo_id] = hit
+        for hit in hits:
+            photo_id = hit.face.payload.photo_id
+            if photo_id not in best or hit.score > best[photo_id].score:
+                best[photo_id] = hit
+        for hit in best.values():
+            hit.score = person.from_query(hit.score)
         ranked = sorted(best.values(), key=lambda h: (-h.score, h.face.payload.photo_id))
         page = ranked[offset : offset + limit]
         matches = [

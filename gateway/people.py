@@ -51,14 +51,23 @@ class People:
     async def references(
         self, tenant: str, person_id: str, deadline: Deadline, *, with_vectors: bool = False
     ) -> list[search_pb2.FaceRecord]:
+        return (await self.references_of(tenant, [person_id], deadline, with_vectors=with_vectors)).get(person_id, [])
+
+    async def references_of(
+        self, tenant: str, person_ids: list[str], deadline: Deadline, *, with_vectors: bool = False
+    ) -> dict[str, list[search_pb2.FaceRecord]]:
+        """The reference faces of each of these people, in one pass (people with none left out)."""
         request = search_pb2.ScrollRequest(
             tenant=tenant,
             model=self.deps.model,
             page_size=1000,
             with_vectors=with_vectors,
-            filter=search_pb2.FaceFilter(person_ids=[person_id], source=ENROLLMENT),
+            filter=search_pb2.FaceFilter(person_ids=person_ids, source=ENROLLMENT),
         )
-        return await self.deps.search.scroll_all(request, deadline, limit=MAX_REFERENCE_FACES)
+        by_person: dict[str, list[search_pb2.FaceRecord]] = {}
+        for face in await self.deps.search.scroll_all(request, deadline, limit=MAX_REFERENCE_FACES):
+            by_person.setdefault(face.payload.person_id, []).append(face)
+        return by_person
 
     async def enroll(
         self, tenant: str, person_id: str, display_name: str, photos: list[PhotoInput], deadline: Deadline

@@ -30,7 +30,7 @@ from services.runtime.settings import ServiceSettings
 # 95% upper bound 0.00146, VAL 0.912 on 114 same-person pairs; its descriptors are not
 # centred, so the similarities of strangers are high too, about 0.83).
 # `facesearch calibrate` measures any of them on your own photos.
-DEFAULT_THRESHOLDS = {"facenet-casia": 0.5534, "facenet-vggface2": 0.40, "dlib-resnet": 0.9290}
+DEFAULT_THRESHOLDS = {"facenet-casia": 0.4264, "facenet-vggface2": 0.40, "dlib-resnet": 0.9299}
 LOCAL_THRESHOLDS_FILE = Path("var/gateway/thresholds.json")
 
 

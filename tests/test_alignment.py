@@ -9,9 +9,14 @@ import pytest
 from services.detector.alignment import (
     CANONICAL_LANDMARKS,
     align_face,
+    box_crop,
+    box_transform,
+    check_alignment,
+    face_crop,
     similarity_transform,
     template,
 )
+from services.embedder.models import BOX_WITH_MARGIN, FIVE_POINT_SIMILARITY
 
 
 def similarity_matrix(angle_degrees: float, scale: float, tx: float, ty: float) -> np.ndarray:
@@ -326,3 +331,48 @@ def test_large_face_near_the_image_corner():
     expected = template(size, margin)
     errors = np.hypot(*(dot_centroids(crop, expected) - expected).T)
     assert errors.max() < 0.1, errors
+
+
+# --------------------------------------------------------------------------- box crops
+
+
+def test_box_transform_puts_the_box_inside_the_margin():
+    box = np.array([100.0, 50.0, 180.0, 150.0])  # 80 wide, 100 high
+    size, margin = 120, 1 / 12
+    matrix = box_transform(box, size, margin)
+    # Box edges (pixel-edge coordinates) land on the crop's margin lines, in pixel-centre terms.
+    corners = np.array([[box[0] - 0.5, box[1] - 0.5], [box[2] - 0.5, box[3] - 0.5]])
+    np.testing.assert_allclose(apply(matrix, corners), [[10 - 0.5, 10 - 0.5], [110 - 0.5, 110 - 0.5]], atol=1e-9)
+    # No rotation, and the aspect is not kept: x and y scale apart.
+    assert matrix[0, 1] == matrix[1, 0] == 0
+    assert matrix[0, 0] == pytest.approx(100 / 80) and matrix[1, 1] == pytest.approx(100 / 100)
+    with pytest.raises(ValueError, match="empty face box"):
+        box_transform(np.array([5.0, 5.0, 5.0, 9.0]), size, margin)
+    with pytest.raises(ValueError, match="crop margin"):
+        box_transform(box, size, 0.5)
+
+
+def test_box_crop_holds_the_box_and_its_margin():
+    image = np.zeros((300, 400, 3), dtype=np.uint8)
+    image[100:200, 150:230] = (200, 30, 60)  # the "face": 80 x 100 pixels
+    crop = box_crop(image, np.array([150.0, 100.0, 230.0, 200.0]), 120, 0.1)
+    inner, ring = crop[14:106, 14:106], np.concatenate([crop[:10].reshape(-1, 3), crop[-10:].reshape(-1, 3)])
+    assert (inner == (200, 30, 60)).all()  # the box fills the crop but its margin
+    assert (ring == 0).all()  # the margin shows what is around it
+    # A box past the photo's edge: its border pixels repeat there, nothing is left undefined.
+    edge = box_crop(image, np.array([-40.0, -40.0, 60.0, 60.0]), 64, 0.1)
+    assert edge.shape == (64, 64, 3)
+
+
+def test_face_crop_follows_the_alignment():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    box = np.array([90.0, 80.0, 210.0, 230.0])
+    points = FACE_POINTS - FACE_POINTS.mean(axis=0) + (150, 160)
+    as_box = face_crop(image, box, points, 96, 0.1, BOX_WITH_MARGIN)
+    np.testing.assert_array_equal(as_box, box_crop(image, box, 96, 0.1))
+    as_template = face_crop(image, box, points, 96, 0.1, FIVE_POINT_SIMILARITY)
+    np.testing.assert_array_equal(as_template, align_face(image, points, 96, 0.1))
+    assert not np.array_equal(as_box, as_template)
+    with pytest.raises(ValueError, match="unknown alignment"):
+        check_alignment("tilted")

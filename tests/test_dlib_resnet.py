@@ -206,7 +206,7 @@ def test_the_dlib_chip_template_is_dlibs_mean_face_with_padding_025() -> None:
 def test_the_detector_makes_the_crops_of_the_model_it_is_set_to(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FACESEARCH_CONFIG", raising=False)
     default = DetectorSettings()
-    assert (default.embedding_model, default.alignment) == (models.DEFAULT_MODEL.id, models.FIVE_POINT_SIMILARITY)
+    assert (default.embedding_model, default.alignment) == (models.DEFAULT_MODEL.id, models.BOX_WITH_MARGIN)
     dlib = DetectorSettings(embedding_model="dlib-resnet")
     assert (dlib.crop_size, dlib.crop_margin, dlib.alignment) == (150, pytest.approx(1 / 6), DLIB_CHIP)
     assert DetectorSettings(embedding_model="dlib-resnet", crop_size=300).crop_size == 300

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from evaluation.measures import operating_point, retrieval, threshold_at_far, top_k_accuracy
@@ -190,3 +191,53 @@ def test_worst_mistakes_are_the_extremes_of_each_kind(tmp_path):
     assert [m["similarity"] for m in worst["different_person"]] == [0.8, 0.3]
     assert [m["similarity"] for m in worst["same_person"]] == [0.4, 0.7]
     assert worst["different_person"][0]["a"]["photo"] == "a/p1.jpg" and worst["same_person"][0]["b"]["face"] == 0
+
+
+def test_the_mean_face_similarity_follows_from_pair_similarities_alone():
+    from evaluation.recognition import BEST_REFERENCE, MEAN_FACE, MEAN_SIMILARITY, rule_similarity
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 5):
+        vectors = rng.normal(size=(n + 1, 16))
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        face, references = vectors[0], vectors[1:]
+        to_references = (references @ face).tolist()
+        among = [float(references[i] @ references[j]) for i in range(n) for j in range(i + 1, n)]
+        mean = references.sum(axis=0) / np.linalg.norm(references.sum(axis=0))
+        assert rule_similarity(MEAN_FACE, to_references, among) == pytest.approx(float(mean @ face))
+        assert rule_similarity(BEST_REFERENCE, to_references, among) == pytest.approx(max(to_references))
+        assert rule_similarity(MEAN_SIMILARITY, to_references, among) == pytest.approx(np.mean(to_references))
+
+
+def test_several_references_scores_each_rule_on_the_same_people(tmp_path):
+    from evaluation.calibration import found_faces, photos_from_labels
+    from evaluation.recognition import BEST_REFERENCE, MEAN_FACE, several_references
+
+    # Pat's two references point two ways; p3 lies between them, p4 near the first alone;
+    # s1 is a stranger near Pat's first reference.
+    u, w, z = np.eye(3)
+    vectors = {
+        "p1.jpg": u,
+        "p2.jpg": w,
+        "p3.jpg": (u + w) / np.sqrt(2),
+        "p4.jpg": (0.75 * u + 0.66 * z) / np.linalg.norm(0.75 * u + 0.66 * z),
+        "s1.jpg": (0.72 * u - 0.69 * z) / np.linalg.norm(0.72 * u - 0.69 * z),
+    }
+    people = {"p1.jpg": ["p"], "p2.jpg": ["p"], "p3.jpg": ["p"], "p4.jpg": ["p"], "s1.jpg": ["s"]}
+    labels = {"sets": {"a": {"photos": {n: {"faces": 1, "people": p} for n, p in people.items()}}}}
+    photos = photos_from_labels(labels, tmp_path)
+    faces = {p.key: found_faces(p, 1)[0] for p in photos}
+    keys = sorted(faces)
+    scored = [
+        (faces[a], faces[b], float(vectors[a[2:]] @ vectors[b[2:]])) for i, a in enumerate(keys) for b in keys[i + 1 :]
+    ]
+    result = several_references(scored, photos, threshold=0.7, counts=(1, 2), min_photos=3)
+    one, two = result["references"]["1"], result["references"]["2"]
+    assert one["people"] == 1 and two["people"] == 1  # Pat (s has one photo)
+    # One reference (p1): p3 (0.71) and p4 (0.75) found, and the stranger (0.72): P 2/3, R 2/3.
+    assert one["rules"][MEAN_FACE]["precision"] == pytest.approx(2 / 3)
+    assert one["rules"][MEAN_FACE] == one["rules"][BEST_REFERENCE]
+    # Two (p1, p2): by the mean face p3 (1.0) alone; by the best reference p3, p4 and the stranger.
+    assert two["rules"][MEAN_FACE] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3)}
+    assert two["rules"][BEST_REFERENCE]["precision"] == pytest.approx(2 / 3)
+    assert two["rules"][BEST_REFERENCE]["recall"] == 1.0

