@@ -29,9 +29,11 @@ format: venv
 ## (The search benchmark at 1M points: $(PY) -m bench.search_latency --points 1000000, about an hour.)
 bench: venv
 	$(PY) -m bench.detector_throughput
+	$(PY) -m bench.rotated_photos
 	$(PY) -m bench.embedder_throughput
 	$(PY) -m bench.search_latency --points 100000
 	$(PY) -m bench.gateway_end_to_end
+	$(PY) -m bench.load_test
 	$(PY) -m bench.threshold_calibration
 	$(PY) -m bench.crop_geometry
 	$(PY) -m bench.recognition_evaluation

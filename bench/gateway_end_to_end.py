@@ -55,7 +55,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import torch
 
@@ -224,7 +223,7 @@ def run_gateway(
         with (
             FaceSearchClient(suite.address, KEYS[TENANT]) as client,
             FaceSearchClient(suite.address, KEYS["globex"]) as other,
-            grpc.insecure_channel(suite.search_address) as channel,
+            suite.internal_channel(suite.search_address) as channel,
         ):
             search = search_pb2_grpc.SearchStub(channel)
             smallest = min(photos, key=lambda p: len(p.content))

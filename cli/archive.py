@@ -37,6 +37,15 @@ def _api_key(args: argparse.Namespace) -> str:
     return key
 
 
+def _tls_roots(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"--tls-ca {path}: {error.strerror or error}") from None
+
+
 def with_client(handler):
     """The verb's handler run with a client of the gateway the options name; errors become exit statuses."""
     return lambda args: _run(handler, args)
@@ -45,14 +54,22 @@ def with_client(handler):
 def _run(handler, args: argparse.Namespace) -> int:
     name = f"facesearch {args.command}"
     try:
-        with FaceSearchClient(args.address, _api_key(args), timeout_s=GATEWAY_TIMEOUT_S) as client:
+        roots = _tls_roots(args.tls_ca)
+        with FaceSearchClient(
+            args.address, _api_key(args), timeout_s=GATEWAY_TIMEOUT_S, root_certificates=roots
+        ) as client:
             return handler(client, args)
     except UsageError as error:
         print(f"{name}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except FaceSearchError as error:
         print(f"{name}: {error}", file=sys.stderr)
-        if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        # At capacity even after the client's retries (RESOURCE_EXHAUSTED): a temporary failure too.
+        if error.code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ):
             return EXIT_UNAVAILABLE
         if error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return EXIT_DENIED
@@ -149,24 +166,43 @@ def identify(client: FaceSearchClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _person_id(client: FaceSearchClient, person: str) -> str:
-    people = client.list_people()
+def person_id_of(client: FaceSearchClient, person: str) -> str:
+    """The id of the person ``person`` names: their id, or their display name (hidden ones too)."""
+    people = client.list_people(include_hidden=True)
     if any(p.person_id == person for p in people):
         return person
     named = [p for p in people if p.display_name.casefold() == person.casefold()]
     if len(named) != 1:
         found = "no one" if not named else f"{len(named)} people ({', '.join(p.person_id for p in named)})"
-        raise UsageError(f"--person {person!r} names {found}; give a person id")
+        raise UsageError(f"{person!r} names {found}; give a person id")
     return named[0].person_id
 
 
+def _pages(page) -> Iterator:
+    """The matches of every page: ``page(token)`` answers one."""
+    token = ""
+    while True:
+        reply = page(token)
+        yield from reply.matches
+        token = reply.next_page_token
+        if not token:
+            return
+
+
 def findme(client: FaceSearchClient, args: argparse.Namespace) -> int:
-    if not args.me and not args.person:
-        raise UsageError("give photos of the person (--me) or an enrolled person (--person)")
+    if not args.me and not args.person and not args.people:
+        raise UsageError("give photos of the person (--me), an enrolled person (--person) or several (--people)")
     references = _existing(args.me)
-    person_id = _person_id(client, args.person) if args.person else ""
+    person_id = person_id_of(client, args.person) if args.person else ""
+    if args.people:
+        people = [person_id_of(client, p) for p in args.people]
+        found = _pages(
+            lambda token: client.find_people(people, match_all=args.all, threshold=args.threshold, page_token=token)
+        )
+    else:
+        found = client.find_me_all(references, person_id=person_id, threshold=args.threshold)
     matches = []
-    for match in client.find_me_all(references, person_id=person_id, threshold=args.threshold):
+    for match in found:
         matches.append(match)
         print(f"{match.similarity:.3f}  {match.photo_id}  {match.photo_uri}")
         if args.limit and len(matches) >= args.limit:
@@ -175,7 +211,7 @@ def findme(client: FaceSearchClient, args: argparse.Namespace) -> int:
     if args.html is not None:
         from cli.contact_sheet import write_contact_sheet
 
-        title = f"Photos of {args.person or ', '.join(p.name for p in references)}"
+        title = f"Photos of {args.person or ', '.join(args.people) or ', '.join(p.name for p in references)}"
         write_contact_sheet(args.html, matches, title)
         print(f"contact sheet: {args.html}", file=sys.stderr)
     return EXIT_OK

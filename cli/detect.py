@@ -17,6 +17,8 @@ DETECT_TIMEOUT_S = 300
 
 def detect(args: argparse.Namespace) -> int:
     from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
+    from launcher.processes import local_service_token
+    from services.runtime.channels import sending_service_token
 
     missing = [str(p) for p in args.photos if not p.is_file()]
     if missing:
@@ -24,7 +26,8 @@ def detect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     status = EXIT_OK
     options = detector_pb2.DetectOptions(omit_crops=True)
-    with grpc.insecure_channel(args.address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]) as channel:
+    channel = grpc.insecure_channel(args.address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    with sending_service_token(channel, local_service_token()) as channel:
         stub = detector_pb2_grpc.DetectorStub(channel)
         for start in range(0, len(args.photos), args.batch):
             paths = args.photos[start : start + args.batch]

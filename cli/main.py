@@ -20,8 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli import archive, local
+from cli import archive, local, people
 from cli.archive import API_KEY_VARIABLE
+from cli.backfill import backfill as backfill_archive
 from cli.calibrate import calibrate_threshold
 from cli.detect import detect as detect_photos
 from cli.evaluate import run as evaluate_run
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=f"API key (default: ${API_KEY_VARIABLE}, else {LOCAL_KEY_FILE} written by `facesearch up`)",
         )
+        parser.add_argument(
+            "--tls-ca",
+            type=Path,
+            default=None,
+            metavar="PEM",
+            help="connect with TLS, trusting the gateway certificate this CA (or self-signed certificate) signed",
+        )
         parser.set_defaults(handler=archive.with_client(handler))
         return parser
 
@@ -147,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     findme = command("findme", "every indexed photo of a person, best match first", archive.findme)
     findme.add_argument("--me", nargs="+", type=Path, default=[], metavar="PHOTO", help="photos of the person")
     findme.add_argument("--person", default="", help="an enrolled person: id or display name")
+    findme.add_argument(
+        "--people", nargs="+", default=[], metavar="PERSON", help="several enrolled people: photos with any of them"
+    )
+    findme.add_argument("--all", action="store_true", help="with --people: photos with all of them")
     findme.add_argument("--threshold", type=float, default=None)
     findme.add_argument("--limit", type=int, default=0, help="at most this many photos (default: all)")
     findme.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a contact sheet")
@@ -157,6 +169,46 @@ def build_parser() -> argparse.ArgumentParser:
     delete_photo = command("delete-photo", "delete an indexed photo and its faces", archive.delete_photo)
     delete_photo.add_argument("photo_id")
     command("stats", "what the tenant has stored", archive.stats)
+    backfill = command(
+        "backfill",
+        "index an archive: a folder tree, a file listing paths, or s3://bucket/prefix; resumable, shardable",
+        backfill_archive,
+    )
+    backfill.add_argument("source", metavar="SOURCE")
+    backfill.add_argument("--shard", default="0/1", metavar="i/N", help="this shard of N (default: everything)")
+    backfill.add_argument("--workers", type=int, default=4, help="IndexPhotos calls in flight")
+    backfill.add_argument("--batch", type=int, default=16, help="photos per call")
+    backfill.add_argument("--journal", type=Path, default=None, help="checkpoint file (default: var/backfill/...)")
+    backfill.add_argument("--failures", type=Path, default=None, help="write the failed photos here (JSON lines)")
+
+    cluster = command("cluster", "cluster the faces indexed since the last run, in the background", people.cluster)
+    cluster.add_argument("--full", action="store_true", help="re-cluster every face (surviving clusters keep ids)")
+    cluster.add_argument("--wait", action="store_true", help="wait for the run to end")
+    cluster.add_argument("--timeout", type=float, default=3600.0, help="longest wait, seconds")
+    clusters = command("clusters", "the stored clusters, largest first", people.clusters)
+    clusters.add_argument("--min-size", type=int, default=2, help="smallest cluster listed")
+    clusters.add_argument("--named", action="store_true", help="list the named ones too")
+    name = command("name", "name a cluster: it becomes a person (new, or --person)", people.name)
+    name.add_argument("cluster_id")
+    name.add_argument("name", nargs="?", default="", help="display name of a new person")
+    name.add_argument("--person", default="", help="an enrolled person the cluster is (id or name)")
+    rename = command("rename", "give a person another display name", people.rename)
+    rename.add_argument("person", help="id or display name")
+    rename.add_argument("name")
+    merge = command("merge", "merge people into the first one", people.merge)
+    merge.add_argument("person", help="the person kept (id or display name)")
+    merge.add_argument("others", nargs="+", help="the people merged into them")
+    move = command("move", "move a face of the archive to a person (none: detach it)", people.move)
+    move.add_argument("face_id", help="a face id, as `facesearch faces` lists them")
+    move.add_argument("person", nargs="?", default="", help="id or display name; none: nobody")
+    not_this = command("not", "not this person: the face leaves them for good", people.not_this_person)
+    not_this.add_argument("face_id")
+    not_this.add_argument("person", help="id or display name")
+    hide = command("hide", "hide a person from the people list", people.hide)
+    hide.add_argument("person", help="id or display name")
+    hide.add_argument("--show", action="store_true", help="show them again")
+    person_faces = command("faces", "a person's faces: references and faces of the archive", people.faces)
+    person_faces.add_argument("person", help="id or display name")
     calibrate = command(
         "calibrate",
         "choose the match threshold for a target FAR on labelled photos, through the gateway, and store it",
@@ -201,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = keys_commands.add_parser("add", help="make a key for a tenant; prints it once")
     add.add_argument("tenant")
     add.add_argument("--read-only", action="store_true", help="may only search, not index, enrol or delete")
-    add.add_argument("--file", type=Path, default=LOCAL_KEYS_FILE, help=f"keys file (default {LOCAL_KEYS_FILE})")
+    add.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help=f"keys file (default: the gateway's api_keys_file setting, else {LOCAL_KEYS_FILE} of `facesearch up`)",
+    )
     add.set_defaults(handler=keys_add)
     return parser
 

@@ -6,16 +6,24 @@ in lines of the form::
 
     <tenant> <sha256 hex of the key> [read|write]
 
-``write`` (the default) may call everything; ``read`` may only look (Verify,
-Identify, FindMe, ListPeople, Stats). Callers send ``authorization: Bearer <key>``.
+``write`` (the default) may call everything; ``read`` may only look (the calls
+docs/gateway.md lists; each RPC names its scope in gateway/service.py). Callers send
+``authorization: Bearer <key>``.
+
+The keys file is read again when it changes (its modification time, size or inode,
+checked at most every ``reload_s`` by the calls) and on SIGHUP: a key added or revoked
+takes effect without a restart. A file that cannot be read or parsed leaves the keys
+as they were (and is logged), so a typo does not lock every caller out.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,7 @@ LOCAL_KEY_FILE = Path("var/gateway/local.key")
 SCOPES = ("read", "write")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
+log = logging.getLogger(__name__)
 
 
 class KeyFileError(ValueError):
@@ -69,10 +78,17 @@ def key_line(tenant: str, key: str, scope: str = "write") -> str:
 
 
 class ApiKeys:
-    """The hashed keys the gateway accepts."""
+    """The hashed keys the gateway accepts: of a file (read again when it changes) and inline."""
 
-    def __init__(self, callers: dict[str, Caller]) -> None:
+    def __init__(
+        self, callers: dict[str, Caller], path: Path | None = None, inline: str = "", reload_s: float = 1.0
+    ) -> None:
         self._callers = dict(callers)
+        self.path = path
+        self._inline = inline
+        self.reload_s = reload_s
+        self._stamp = _stamp(path) if path is not None else None
+        self._checked_at = time.monotonic()
 
     @classmethod
     def parse(cls, lines: Iterable[str], source: str) -> ApiKeys:
@@ -98,22 +114,40 @@ class ApiKeys:
         return cls(callers)
 
     @classmethod
-    def load(cls, path: Path | None, inline: str = "") -> ApiKeys:
-        callers: dict[str, Caller] = {}
-        if path is not None:
-            try:
-                text = Path(path).read_text()
-            except OSError as error:
-                raise KeyFileError(f"API keys file {path}: {error.strerror or error}") from None
-            callers.update(cls.parse(text.splitlines(), str(path))._callers)
-        if inline:
-            callers.update(cls.parse(re.split(r"[;\n]", inline), "api_keys")._callers)
-        return cls(callers)
+    def load(cls, path: Path | None, inline: str = "", reload_s: float = 1.0) -> ApiKeys:
+        return cls(_read_callers(path, inline), path, inline, reload_s)
+
+    def reload(self) -> bool:
+        """Reads the keys file again; False (the keys unchanged, the error logged) when it cannot be used."""
+        if self.path is None:
+            return True
+        stamp = _stamp(self.path)
+        try:
+            callers = _read_callers(self.path, self._inline)
+        except KeyFileError as error:
+            log.error("API keys not reloaded, the previous keys stay in use: %s", error)
+            self._stamp = stamp  # logged once per change of the file
+            return False
+        self._callers, self._stamp = callers, stamp
+        log.info("API keys reloaded from %s: %d keys", self.path, len(callers))
+        return True
+
+    def refresh(self) -> None:
+        """Reloads the keys file if it changed since it was read (checked at most every ``reload_s``)."""
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if now - self._checked_at < self.reload_s:
+            return
+        self._checked_at = now
+        if _stamp(self.path) != self._stamp:
+            self.reload()
 
     def __len__(self) -> int:
         return len(self._callers)
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
+        self.refresh()
         header = ""
         for name, value in metadata or ():
             if name.lower() == "authorization":
@@ -130,6 +164,28 @@ class ApiKeys:
         if caller is None:
             raise AuthError("unknown API key")
         return caller
+
+
+def _read_callers(path: Path | None, inline: str) -> dict[str, Caller]:
+    callers: dict[str, Caller] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise KeyFileError(f"API keys file {path}: {error.strerror or error}") from None
+        callers.update(ApiKeys.parse(text.splitlines(), str(path))._callers)
+    if inline:
+        callers.update(ApiKeys.parse(re.split(r"[;\n]", inline), "api_keys")._callers)
+    return callers
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells that a file changed: its modification time, size and inode (None: missing)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino
 
 
 def add_key(path: Path, tenant: str, scope: str = "write") -> str:

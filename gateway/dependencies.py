@@ -31,6 +31,12 @@ class Dependencies:
     model: common_pb2.EmbeddingModel  # the embedding model in use: id, version, vector size
     metrics: GatewayMetrics
 
+    def __post_init__(self) -> None:
+        # The detector and search serve only calls that carry the suite's service token.
+        for client in (self.search, getattr(self.analyser, "detector", None)):
+            if client is not None:
+                client.send_service_token(self.settings.service_token)
+
     @property
     def model_id(self) -> str:
         return self.model.id

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from pydantic import SecretStr
 
 from facesearch.v1 import detector_pb2, detector_pb2_grpc, search_pb2, search_pb2_grpc
 from gateway.errors import GatewayError
-from services.runtime.channels import RetryPolicy, aio_channel
+from services.runtime.channels import RetryPolicy, aio_channel, service_token_metadata
 from services.runtime.deadlines import Deadline
 
 DETECTOR_SERVICE = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
@@ -49,13 +50,18 @@ class _Client:
     def __init__(self, name: str, address: str, service: str, retry: RetryPolicy, max_message_mb: int) -> None:
         self.name = name
         self._channel = aio_channel(address, [service], retry, max_message_mb * 1024 * 1024)
+        self._metadata: tuple[tuple[str, str], ...] = ()
+
+    def send_service_token(self, token: SecretStr | None) -> None:
+        """Every call from now on carries ``token`` (the internal services require it)."""
+        self._metadata = service_token_metadata(token)
 
     async def _call(
         self, what: str, method: Callable[..., Awaitable[Reply]], request: Request, deadline: Deadline
     ) -> Reply:
         timeout = deadline.check(f"{self.name} {what}")
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self.name, what, error) from None
 

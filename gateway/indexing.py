@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from facesearch.v1 import facesearch_pb2, search_pb2
-from gateway.analysis import AnalysedPhoto, PhotoInput
+from gateway.analysis import MAX_ID_LENGTH, AnalysedPhoto, PhotoInput
 from gateway.dependencies import Dependencies, face_record
-from gateway.errors import GatewayError, not_found
+from gateway.errors import GatewayError, invalid, not_found, shown
 from services.runtime.deadlines import Deadline
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,37 @@ class Indexer:
             await self.deps.search.upsert(request, deadline)
 
     async def delete_photo(self, tenant: str, photo_id: str, deadline: Deadline) -> int:
-        """Deletes every face stored from the photo: gallery faces and enrolment references."""
+        """Deletes every face stored from the photo: gallery faces and enrolment references,
+        under this id and under any other id the same bytes were stored with in the tenant
+        (a photo enrolled without an id is known by its SHA-256, the same photo indexed from
+        a folder by its path: deleting either deletes both)."""
         if not photo_id:
-            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "photo_id is required")
+            raise invalid("photo_id is required")
+        if len(photo_id) > MAX_ID_LENGTH:
+            raise invalid(f"photo_id is longer than {MAX_ID_LENGTH} characters")
+        same_bytes = await self._faces_of_same_bytes(tenant, photo_id, deadline)
         reply = await self.deps.search.delete(search_pb2.DeleteRequest(tenant=tenant, photo_id=photo_id), deadline)
-        if reply.deleted == 0:
-            raise not_found(f"no photo {photo_id!r} is indexed")
-        return reply.deleted
+        deleted = reply.deleted
+        if same_bytes:
+            request = search_pb2.DeleteRequest(tenant=tenant, ids=search_pb2.FaceIds(ids=same_bytes))
+            deleted += (await self.deps.search.delete(request, deadline)).deleted
+        if deleted == 0:
+            raise not_found(f"no photo {shown(photo_id)} is indexed")
+        return deleted
+
+    async def _faces_of_same_bytes(self, tenant: str, photo_id: str, deadline: Deadline) -> list[str]:
+        """The ids of the faces stored under other photo ids from the bytes stored as ``photo_id``."""
+        scroll = self.deps.search.scroll_all
+        request = search_pb2.ScrollRequest(
+            tenant=tenant, model=self.deps.model, page_size=1000, filter=search_pb2.FaceFilter(photo_ids=[photo_id])
+        )
+        hashes = sorted({f.payload.photo_hash for f in await scroll(request, deadline, limit=100_000)} - {""})
+        if not hashes:
+            return []
+        request = search_pb2.ScrollRequest(
+            tenant=tenant, model=self.deps.model, page_size=1000, filter=search_pb2.FaceFilter(photo_hashes=hashes)
+        )
+        return [f.id for f in await scroll(request, deadline, limit=100_000) if f.payload.photo_id != photo_id]
 
     async def stats(self, tenant: str, deadline: Deadline) -> tuple[int, int]:
         """(photos with at least one stored face, gallery faces) of the model in use."""
@@ -228,7 +252,7 @@ async def _next_batch(queue: asyncio.Queue[PhotoInput | None], size: int) -> tup
 
 
 def _duplicate(photo: PhotoInput, first_id: str, when: str) -> facesearch_pb2.PhotoResult:
-    same_id = "" if first_id == photo.id else f" as photo {first_id!r}"
+    same_id = "" if first_id == photo.id else f" as photo {shown(first_id)}"
     return facesearch_pb2.PhotoResult(
         photo_id=photo.id,
         content_hash=photo.content_hash,

@@ -21,7 +21,7 @@ import numpy as np
 from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput, clearest_face
 from gateway.dependencies import Dependencies, distance
-from gateway.errors import GatewayError, invalid, not_found
+from gateway.errors import GatewayError, invalid, not_found, shown
 from gateway.people import People, check_person_id
 from services.runtime.deadlines import Deadline
 from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
@@ -119,6 +119,8 @@ class Matcher:
         if analysed.error is not None:
             code, message = analysed.error
             raise GatewayError(code, f"photo: {message}")
+        if not analysed.faces:
+            raise invalid("photo: no face found")
         vectors = [f.vector for f in analysed.faces]
         # A person whose mean similarity reaches the threshold has a reference that does.
         hits = await self.deps.query(tenant, vectors, top_k * REFERENCES_PER_PERSON, threshold, ENROLLMENT, deadline)
@@ -168,65 +170,118 @@ class Matcher:
         limit: int,
         page_token: str,
         deadline: Deadline,
+        person_ids: list[str] | None = None,
+        match_all: bool = False,
     ) -> tuple[list[facesearch_pb2.PhotoMatch], str]:
         """Every indexed photo holding a face of the person the references show (the given photos'
-        clearest faces and the enrolled person's references, together), best first."""
+        clearest faces and the enrolled person's references, together), best first; with
+        ``person_ids``, the photos with any (or, ``match_all``, all) of those enrolled people."""
         settings = self.deps.settings
+        person_ids = list(dict.fromkeys(person_ids or []))
         limit = limit or 50
         if not 1 <= limit <= settings.max_page_size:
             raise invalid(f"limit must be in [1, {settings.max_page_size}], got {limit}")
-        if not references and not person_id:
+        if person_ids and (references or person_id):
+            raise invalid("give person_ids alone, or reference photos and person_id")
+        if not references and not person_id and not person_ids:
             raise invalid("give reference photos, an enrolled person_id, or both")
         if len(references) > settings.max_photos_per_request:
             raise invalid(f"{len(references)} reference photos, over the limit of {settings.max_photos_per_request}")
+        if len(person_ids) > settings.max_photos_per_request:
+            raise invalid(f"{len(person_ids)} people, over the limit of {settings.max_photos_per_request}")
         # A page token holds the offset of the next page in the ranking of this query.
         hashes = sorted(r.content_hash for r in references)
-        query = query_fingerprint(tenant, self.deps.model_id, hashes, person_id, round(threshold, 6))
+        query = query_fingerprint(
+            tenant, self.deps.model_id, hashes, person_id, person_ids, match_all, round(threshold, 6)
+        )
         try:
             offset = self.tokens.read_offset(page_token, query)
         except InvalidPageToken as error:
             raise invalid(str(error)) from None
 
-        vectors = (
-            [
-                f.vector
-                for f in await self._reference_faces(
-                    references, deadline, [f"reference {i}" for i in range(len(references))]
-                )
+        if person_ids:
+            ranked = await self._photos_of_people(tenant, person_ids, match_all, threshold, deadline)
+        else:
+            vectors = (
+                [
+                    f.vector
+                    for f in await self._reference_faces(
+                        references, deadline, [f"reference {i}" for i in range(len(references))]
+                    )
+                ]
+                if references
+                else []
+            )
+            if person_id:
+                vectors += await self._enrolled_vectors(tenant, person_id, deadline)
+            photos = await self._photos_of(tenant, References.of(vectors), threshold, person_id, deadline)
+            ranked = [
+                _match(hit, hit.score, [])
+                for hit in sorted(photos.values(), key=lambda h: (-h.score, h.face.payload.photo_id))
             ]
-            if references
-            else []
-        )
-        if person_id:
-            check_person_id(person_id)
-            enrolled = await self.people.references(tenant, person_id, deadline, with_vectors=True)
-            if not enrolled:
-                raise not_found(f"no person {person_id!r} is enrolled")
-            vectors += [np.asarray(f.vector, dtype=np.float32) for f in enrolled]
+        more = offset + limit < len(ranked)
+        return ranked[offset : offset + limit], self.tokens.issue(offset + limit, query) if more else ""
 
-        person = References.of(vectors)
+    async def _enrolled_vectors(self, tenant: str, person_id: str, deadline: Deadline) -> list[np.ndarray]:
+        check_person_id(person_id)
+        enrolled = await self.people.references(tenant, person_id, deadline, with_vectors=True)
+        if not enrolled:
+            raise not_found(f"no person {shown(person_id)} is enrolled")
+        return [np.asarray(f.vector, dtype=np.float32) for f in enrolled]
+
+    async def _photos_of(
+        self, tenant: str, person: References, threshold: float, person_id: str, deadline: Deadline
+    ) -> dict[str, search_pb2.ScoredFace]:
+        """Photo id -> the photo's face most like the person, at or above the threshold (its score
+        the similarity to them); faces said not to be ``person_id`` are left out."""
         cosine = person.query_threshold(threshold)
         hits = []
         if cosine <= 1.0:
-            [hits] = await self.deps.query(tenant, [person.direction], settings.max_matches, cosine, GALLERY, deadline)
+            [hits] = await self.deps.query(
+                tenant, [person.direction], self.deps.settings.max_matches, cosine, GALLERY, deadline
+            )
         best: dict[str, search_pb2.ScoredFace] = {}
         for hit in hits:
+            if person_id and person_id in hit.face.payload.not_person_ids:
+                continue
             photo_id = hit.face.payload.photo_id
             if photo_id not in best or hit.score > best[photo_id].score:
                 best[photo_id] = hit
         for hit in best.values():
             hit.score = person.from_query(hit.score)
-        ranked = sorted(best.values(), key=lambda h: (-h.score, h.face.payload.photo_id))
-        page = ranked[offset : offset + limit]
-        matches = [
-            facesearch_pb2.PhotoMatch(
-                photo_id=h.face.payload.photo_id,
-                photo_uri=h.face.payload.photo_uri,
-                box=h.face.payload.box,
-                face_index=h.face.payload.face_index,
-                similarity=h.score,
-            )
-            for h in page
-        ]
-        more = offset + limit < len(ranked)
-        return matches, self.tokens.issue(offset + limit, query) if more else ""
+        return best
+
+    async def _photos_of_people(
+        self, tenant: str, person_ids: list[str], match_all: bool, threshold: float, deadline: Deadline
+    ) -> list[facesearch_pb2.PhotoMatch]:
+        """The photos with any (all) of these people, each person found by their own references;
+        a photo's similarity is the best (the least) of theirs."""
+        found: dict[str, dict[str, search_pb2.ScoredFace]] = {}  # photo -> person -> face
+        for person_id in person_ids:
+            vectors = await self._enrolled_vectors(tenant, person_id, deadline)
+            for photo_id, hit in (
+                await self._photos_of(tenant, References.of(vectors), threshold, person_id, deadline)
+            ).items():
+                found.setdefault(photo_id, {})[person_id] = hit
+        matches = []
+        for by_person in found.values():
+            if match_all and len(by_person) < len(person_ids):
+                continue
+            if match_all and len({h.face.id for h in by_person.values()}) < len(by_person):
+                continue  # one face cannot be two people
+            scores = [h.score for h in by_person.values()]
+            first = by_person[next(p for p in person_ids if p in by_person)]
+            matches.append(_match(first, min(scores) if match_all else max(scores), list(by_person)))
+        return sorted(matches, key=lambda m: (-m.similarity, m.photo_id))
+
+
+def _match(hit: search_pb2.ScoredFace, similarity: float, person_ids: list[str]) -> facesearch_pb2.PhotoMatch:
+    payload = hit.face.payload
+    return facesearch_pb2.PhotoMatch(
+        photo_id=payload.photo_id,
+        photo_uri=payload.photo_uri,
+        box=payload.box,
+        face_index=payload.face_index,
+        similarity=similarity,
+        person_ids=person_ids,
+    )

@@ -1,8 +1,9 @@
-"""Enrolled people: Enroll, ListPeople, DeletePerson.
+"""Enrolled people: Enroll and ListPeople.
 
-A person is their reference faces: one per enrolment photo, stored with source
-"enrollment", the person's id and display name. Nothing else is kept about a
-person, so deleting their faces deletes them.
+A person is their faces: reference faces (one per enrolment photo, or copied from faces of
+the archive: see ``gateway.people_edits``), stored with source "enrollment", the person's
+id and display name, and faces of the archive assigned to them. Nothing else is kept
+about a person.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import grpc
 from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput
 from gateway.dependencies import Dependencies, enrollment_face_id, face_record
-from gateway.errors import invalid, not_found
+from gateway.errors import invalid, shown
 from services.runtime.deadlines import Deadline
 from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
 
@@ -32,13 +33,21 @@ class EnrolledPerson:
     person_id: str
     display_name: str
     reference_faces: int
+    hidden: bool = False
+    representative: search_pb2.FaceRecord | None = None  # their best reference face
+
+
+def _better(face: search_pb2.FaceRecord, than: search_pb2.FaceRecord) -> bool:
+    """Sharp before blurred, then larger, then sharper."""
+    a, b = face.payload.quality, than.payload.quality
+    return (not a.blurred, a.face_size, a.blur_variance) > (not b.blurred, b.face_size, b.blur_variance)
 
 
 def check_person_id(person_id: str) -> str:
     if not PERSON_ID.match(person_id):
         raise invalid(
-            f"person_id {person_id!r}: use 1-128 letters, digits or '_', '.', ':', '@', '-', starting with a letter "
-            "or digit"
+            f"person_id {shown(person_id)}: use 1-128 letters, digits or '_', '.', ':', '@', '-', starting with "
+            "a letter or digit"
         )
     return person_id
 
@@ -165,27 +174,32 @@ class People:
             payload = face.payload
             person = people.setdefault(payload.person_id, EnrolledPerson(payload.person_id, payload.person_name, 0))
             person.reference_faces += 1
+            person.hidden = person.hidden or payload.person_hidden
+            if person.representative is None or _better(face, person.representative):
+                person.representative = face
         return sorted(people.values(), key=lambda p: (p.display_name.casefold(), p.person_id))
 
     async def page(
-        self, tenant: str, page_size: int, page_token: str, deadline: Deadline
+        self, tenant: str, page_size: int, page_token: str, deadline: Deadline, include_hidden: bool = False
     ) -> tuple[list[EnrolledPerson], str]:
         """One page of ``list`` and the token of the next (empty after the last page)."""
         size = page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= self.deps.settings.max_page_size:
             raise invalid(f"page_size must be in [1, {self.deps.settings.max_page_size}], got {size}")
-        query = query_fingerprint("ListPeople", tenant)
+        query = query_fingerprint("ListPeople", tenant, include_hidden)
         try:
             offset = self.tokens.read_offset(page_token, query)
         except InvalidPageToken as error:
             raise invalid(str(error)) from None
-        people = await self.list(tenant, deadline)
+        people = [p for p in await self.list(tenant, deadline) if include_hidden or not p.hidden]
         more = offset + size < len(people)
         return people[offset : offset + size], self.tokens.issue(offset + size, query) if more else ""
 
-    async def delete(self, tenant: str, person_id: str, deadline: Deadline) -> int:
-        check_person_id(person_id)
-        reply = await self.deps.search.delete(search_pb2.DeleteRequest(tenant=tenant, person_id=person_id), deadline)
-        if reply.deleted == 0:
-            raise not_found(f"no person {person_id!r} is enrolled")
-        return reply.deleted
+    async def archive_faces(self, tenant: str, person_id: str, deadline: Deadline) -> int:
+        """How many faces of the archive are assigned to the person."""
+        request = search_pb2.CountRequest(
+            tenant=tenant,
+            model_id=self.deps.model_id,
+            filter=search_pb2.FaceFilter(person_ids=[person_id], source=search_pb2.FACE_SOURCE_GALLERY),
+        )
+        return await self.deps.search.count(request, deadline)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import signal
 
 from facesearch.v1 import common_pb2, facesearch_pb2, facesearch_pb2_grpc
 from gateway.analysis import FaceAnalyser
@@ -54,20 +56,31 @@ class GatewayServer(GrpcServer):
 
     def _add_servicer(self, _: object, server) -> None:
         settings: GatewaySettings = self.settings.with_calibrated_thresholds()  # type: ignore[attr-defined]
+        credentials = settings.server_credentials()
+        if credentials is not None:
+            # The runtime's server binds its port with add_insecure_port, after the servicers
+            # are added: with TLS configured, that binding is a TLS one (and the only one).
+            server.add_insecure_port = functools.partial(server.add_secure_port, server_credentials=credentials)
         search = SearchClient(settings.search_address, settings.retry_policy(), settings.max_message_mb)
         self.on_stop(search.close)
         analyser, model = self.analyser(settings)
         deps = Dependencies(settings, analyser, search, model, GatewayMetrics(self.metrics.registry))
         threshold = deps.threshold()  # the model in use must have a threshold: fail at start, not per call
         log.info("model %s: similarity threshold %s", deps.model_id, threshold)
-        facesearch_pb2_grpc.add_FaceSearchServicer_to_server(FaceSearchService(deps, self.keys), server)
+        self.service = FaceSearchService(deps, self.keys)
+        facesearch_pb2_grpc.add_FaceSearchServicer_to_server(self.service, server)
+
+    async def serve_until_signalled(self) -> None:
+        """As every service; SIGHUP also reloads the API keys file."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.keys.reload)
+        await super().serve_until_signalled()
 
 
 def build_server(
     settings: GatewaySettings, embedder_settings: EmbedderSettings | None = None, keys: ApiKeys | None = None
 ) -> GatewayServer:
     if keys is None:
-        keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
+        keys = ApiKeys.load(settings.api_keys_file, settings.api_keys, settings.api_keys_reload_s)
     if not len(keys):
         log.warning("no API keys configured: every call will be refused (see `facesearch keys add`)")
     return GatewayServer(settings, embedder_settings or EmbedderSettings(), keys)

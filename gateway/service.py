@@ -12,12 +12,13 @@ import grpc
 
 from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
 from gateway.auth import ApiKeys, AuthError, Caller
-from gateway.clustering import Clusterer
+from gateway.clusters import Clusters, face_ref
 from gateway.dependencies import Dependencies, optional_threshold, photo_input
 from gateway.errors import GatewayError
 from gateway.indexing import Indexer
 from gateway.matching import Matcher
 from gateway.people import People
+from gateway.people_edits import PeopleEdits
 from services.runtime.deadlines import Deadline
 
 
@@ -32,10 +33,11 @@ def _abort_code(error: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 def rpc(scope: str) -> Callable:
-    """Authenticates the caller (with ``scope``), passes them and the call's deadline to the
-    method, and turns the gateway's errors into gRPC statuses. A unary call is answered
-    DEADLINE_EXCEEDED when its deadline passes, whatever it is waiting for; a stream's
-    deadlines are the method's (IndexPhotos gives each batch its own)."""
+    """Authenticates the caller (with ``scope``), admits the call (gateway/admission.py),
+    passes the caller and the call's deadline to the method, and turns the gateway's errors
+    into gRPC statuses. A unary call is answered DEADLINE_EXCEEDED when its deadline passes,
+    whatever it is waiting for; a stream's deadlines are the method's (IndexPhotos gives
+    each batch its own)."""
 
     def decorate(method: Callable) -> Callable:
         if inspect.isasyncgenfunction(method):
@@ -44,8 +46,10 @@ def rpc(scope: str) -> Callable:
             async def stream(self: FaceSearchService, request, context):
                 try:
                     caller = self.caller(context, scope)
-                    async for reply in method(self, request, context, caller, self.deadline(context)):
-                        yield reply
+                    async with self.admission.admit(0, context), self.admission.stream() as held:
+                        async for reply in method(self, held.read(request), context, caller, self.deadline(context)):
+                            held.answered()
+                            yield reply
                 except (AuthError, GatewayError, TimeoutError) as error:
                     await context.abort(*_abort_code(error))
 
@@ -56,7 +60,7 @@ def rpc(scope: str) -> Callable:
             try:
                 caller = self.caller(context, scope)
                 deadline = self.deadline(context)
-                async with asyncio.timeout(deadline.remaining()):
+                async with self.admission.admit(request.ByteSize(), context), asyncio.timeout(deadline.remaining()):
                     return await method(self, request, context, caller, deadline)
             except (AuthError, GatewayError, TimeoutError) as error:
                 await context.abort(*_abort_code(error))
@@ -70,10 +74,12 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
     def __init__(self, deps: Dependencies, keys: ApiKeys) -> None:
         self.deps = deps
         self.keys = keys
+        self.admission = deps.settings.admission()
         self.people = People(deps)
         self.indexer = Indexer(deps)
         self.matcher = Matcher(deps, self.people)
-        self.clusterer = Clusterer(deps, deps.settings.max_cluster_faces)
+        self.clusters = Clusters(deps)
+        self.edits = PeopleEdits(deps, self.people, self.clusters)
 
     def caller(self, context: grpc.aio.ServicerContext, scope: str) -> Caller:
         caller = self.keys.authenticate(context.invocation_metadata())
@@ -106,6 +112,7 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
                 yield photo_input(request.photo)
 
         async for result in self.indexer.index_stream(caller.tenant, photos(), lambda: self.deadline(context)):
+            self.clusters.faces_indexed(caller.tenant, result.faces_stored)
             yield facesearch_pb2.IndexPhotosResponse(result=result)
 
     @rpc("read")
@@ -134,7 +141,15 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
         threshold = self.deps.threshold(optional_threshold(request))
         references = [photo_input(p) for p in request.references]
         matches, token = await self.matcher.find_me(
-            caller.tenant, references, request.person_id, threshold, request.limit, request.page_token, deadline
+            caller.tenant,
+            references,
+            request.person_id,
+            threshold,
+            request.limit,
+            request.page_token,
+            deadline,
+            person_ids=list(request.person_ids),
+            match_all=request.people_match == facesearch_pb2.PEOPLE_MATCH_ALL,
         )
         return facesearch_pb2.FindMeResponse(
             matches=matches, next_page_token=token, settings=self.deps.match_settings(threshold)
@@ -142,7 +157,7 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
 
     @rpc("write")
     async def DeletePerson(self, request, context, caller, deadline) -> facesearch_pb2.DeletePersonResponse:
-        deleted = await self.people.delete(caller.tenant, request.person_id, deadline)
+        deleted = await self.edits.delete(caller.tenant, request.person_id, deadline)
         return facesearch_pb2.DeletePersonResponse(faces_deleted=deleted)
 
     @rpc("write")
@@ -152,22 +167,76 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
 
     @rpc("read")
     async def ListPeople(self, request, context, caller, deadline) -> facesearch_pb2.ListPeopleResponse:
-        page, token = await self.people.page(caller.tenant, request.page_size, request.page_token, deadline)
-        return facesearch_pb2.ListPeopleResponse(
-            people=[
-                facesearch_pb2.Person(
-                    person_id=p.person_id, display_name=p.display_name, reference_faces=p.reference_faces
-                )
-                for p in page
-            ],
-            next_page_token=token,
+        page, token = await self.people.page(
+            caller.tenant, request.page_size, request.page_token, deadline, include_hidden=request.include_hidden
         )
+        people = []
+        for p in page:
+            archive = await self.people.archive_faces(caller.tenant, p.person_id, deadline)
+            people.append(
+                facesearch_pb2.Person(
+                    person_id=p.person_id,
+                    display_name=p.display_name,
+                    reference_faces=p.reference_faces,
+                    archive_faces=archive,
+                    hidden=p.hidden,
+                    representative=face_ref(p.representative) if p.representative else None,
+                )
+            )
+        return facesearch_pb2.ListPeopleResponse(people=people, next_page_token=token)
 
     @rpc("read")
     async def ClusterFaces(self, request, context, caller, deadline) -> facesearch_pb2.ClusterFacesResponse:
-        threshold = self.deps.threshold(optional_threshold(request))
-        clusters = await self.clusterer.cluster(caller.tenant, threshold, request.min_cluster_size, deadline)
-        return facesearch_pb2.ClusterFacesResponse(clusters=clusters)
+        return await self.clusters.page(caller.tenant, request, deadline)
+
+    @rpc("write")
+    async def StartClustering(self, request, context, caller, deadline) -> facesearch_pb2.StartClusteringResponse:
+        return facesearch_pb2.StartClusteringResponse(status=self.clusters.start(caller.tenant, request.full))
+
+    @rpc("read")
+    async def GetClusteringStatus(
+        self, request, context, caller, deadline
+    ) -> facesearch_pb2.GetClusteringStatusResponse:
+        return facesearch_pb2.GetClusteringStatusResponse(status=self.clusters.current(caller.tenant))
+
+    @rpc("write")
+    async def NameCluster(self, request, context, caller, deadline) -> facesearch_pb2.NameClusterResponse:
+        person = await self.edits.name_cluster(
+            caller.tenant, request.cluster_id, request.person_id, request.display_name, deadline
+        )
+        return facesearch_pb2.NameClusterResponse(person=person)
+
+    @rpc("write")
+    async def RenamePerson(self, request, context, caller, deadline) -> facesearch_pb2.RenamePersonResponse:
+        person = await self.edits.rename(caller.tenant, request.person_id, request.display_name, deadline)
+        return facesearch_pb2.RenamePersonResponse(person=person)
+
+    @rpc("write")
+    async def MergePeople(self, request, context, caller, deadline) -> facesearch_pb2.MergePeopleResponse:
+        person = await self.edits.merge(caller.tenant, request.person_id, list(request.merged_person_ids), deadline)
+        return facesearch_pb2.MergePeopleResponse(person=person)
+
+    @rpc("write")
+    async def AssignFace(self, request, context, caller, deadline) -> facesearch_pb2.AssignFaceResponse:
+        face = await self.edits.assign(caller.tenant, request.face_id, request.person_id, deadline)
+        return facesearch_pb2.AssignFaceResponse(face=face, person_id=request.person_id)
+
+    @rpc("write")
+    async def RejectFace(self, request, context, caller, deadline) -> facesearch_pb2.RejectFaceResponse:
+        face = await self.edits.reject(caller.tenant, request.face_id, request.person_id, deadline)
+        return facesearch_pb2.RejectFaceResponse(face=face)
+
+    @rpc("write")
+    async def HidePerson(self, request, context, caller, deadline) -> facesearch_pb2.HidePersonResponse:
+        person = await self.edits.hide(caller.tenant, request.person_id, request.hidden, deadline)
+        return facesearch_pb2.HidePersonResponse(person=person)
+
+    @rpc("read")
+    async def ListPersonFaces(self, request, context, caller, deadline) -> facesearch_pb2.ListPersonFacesResponse:
+        faces, token = await self.edits.list_faces(
+            caller.tenant, request.person_id, request.page_size, request.page_token, deadline
+        )
+        return facesearch_pb2.ListPersonFacesResponse(faces=faces, next_page_token=token)
 
     @rpc("read")
     async def Stats(self, request, context, caller, deadline) -> facesearch_pb2.StatsResponse:

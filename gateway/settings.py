@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+import grpc
+from pydantic import Field, field_validator, model_validator
 
+from gateway.admission import Admission
 from gateway.thresholds import read_thresholds
 from services.runtime.channels import MAX_ATTEMPTS, RetryPolicy
 from services.runtime.page_tokens import PageTokenKey, key_bytes
@@ -31,6 +33,8 @@ from services.runtime.settings import ServiceSettings
 # centred, so the similarities of strangers are high too, about 0.83).
 # `facesearch calibrate` measures any of them on your own photos.
 DEFAULT_THRESHOLDS = {"facenet-casia": 0.4264, "facenet-vggface2": 0.40, "dlib-resnet": 0.9299}
+# Stricter than the match thresholds: where strangers are about 1 in 20,000 pairs of the labelled photos.
+DEFAULT_CLUSTER_THRESHOLDS = {"facenet-casia": 0.55, "facenet-vggface2": 0.55, "dlib-resnet": 0.94}
 LOCAL_THRESHOLDS_FILE = Path("var/gateway/thresholds.json")
 
 
@@ -45,6 +49,30 @@ class GatewaySettings(ServiceSettings):
         None, description="File of hashed API keys, one '<tenant> <sha256> [read|write]' per line."
     )
     api_keys: str = Field("", description="More hashed keys, same lines, separated by newlines or ';'.")
+    api_keys_reload_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often a call checks whether api_keys_file changed (and reloads it); 0: at every call. "
+        "SIGHUP reloads it at once.",
+    )
+
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain: with tls_key_file, the gateway serves TLS only."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA certificates: when set, callers must present a client certificate they signed."
+    )
+
+    max_concurrent_calls: int = Field(
+        64, ge=1, description="Calls served at once (an IndexPhotos stream is one); past it RESOURCE_EXHAUSTED."
+    )
+    max_request_mb: float = Field(
+        256.0, gt=0, description="Request bytes held at once by the calls served; past it RESOURCE_EXHAUSTED."
+    )
+    retry_after_s: float = Field(
+        0.25, gt=0, description="Retry hint given with RESOURCE_EXHAUSTED (grpc-retry-pushback-ms, +-50%)."
+    )
 
     similarity_thresholds: dict[str, float] = Field(
         DEFAULT_THRESHOLDS, description="Cosine similarity counted as the same person, per model id."
@@ -91,10 +119,35 @@ class GatewaySettings(ServiceSettings):
         description="Enrolment: a photo with several faces uses the largest only when "
         "it is this many times the area of the next.",
     )
-    max_cluster_faces: int = Field(20_000, ge=1, description="Most gallery faces ClusterFaces groups.")
+    cluster_thresholds: dict[str, float] = Field(
+        DEFAULT_CLUSTER_THRESHOLDS,
+        description="Cosine similarity at which two faces are close enough to grow a cluster, per model id "
+        "(stricter than the match threshold).",
+    )
+    cluster_min_neighbours: int = Field(
+        2, ge=1, description="Close faces (of other photos) a face needs to be a core face, which grows its cluster."
+    )
+    cluster_neighbours: int = Field(
+        30, ge=2, le=1000, description="Nearest faces looked at per face in a clustering run."
+    )
+    cluster_min_face_size: float = Field(
+        24.0, ge=0, description="Faces smaller than this (shorter box side, pixels), or blurred, are not clustered."
+    )
+    cluster_after_new_faces: int = Field(
+        200, ge=0, description="A clustering run starts by itself once this many faces were indexed; 0: never."
+    )
+    cluster_run_timeout_s: float = Field(6 * 3600.0, gt=0, description="Longest clustering run.")
     min_face_size: int = Field(
         24, ge=0, description="Reference faces (Enroll, Verify, FindMe) smaller than this are not used."
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set tls_cert_file and tls_key_file together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
 
     @field_validator("similarity_thresholds")
     @classmethod
@@ -113,6 +166,21 @@ class GatewaySettings(ServiceSettings):
             raise ValueError(f"{path} is not a thresholds file of `facesearch calibrate`: {error!r}") from None
         return self.model_copy(update={"similarity_thresholds": {**self.similarity_thresholds, **calibrated}})
 
+    def admission(self) -> Admission:
+        """The bounds on the calls and request bytes a gateway process takes on."""
+        return Admission(self.max_concurrent_calls, int(self.max_request_mb * 1024 * 1024), self.retry_after_s)
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """The TLS credentials the gateway serves with, or None for plaintext."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        pair = [(self.tls_key_file.read_bytes(), self.tls_cert_file.read_bytes())]
+        if self.tls_client_ca_file is None:
+            return grpc.ssl_server_credentials(pair)
+        return grpc.ssl_server_credentials(
+            pair, root_certificates=self.tls_client_ca_file.read_bytes(), require_client_auth=True
+        )
+
     def retry_policy(self) -> RetryPolicy:
         """How the gateway's channels retry a call answered UNAVAILABLE."""
         return RetryPolicy.from_retries(self.downstream_retries, self.retry_backoff_s)
@@ -120,6 +188,12 @@ class GatewaySettings(ServiceSettings):
     def page_key(self) -> bytes | None:
         """The page token key, or None for a random one."""
         return key_bytes(self.page_token_key)
+
+    def cluster_threshold(self, model_id: str) -> float:
+        if model_id not in self.cluster_thresholds:
+            known = ", ".join(sorted(self.cluster_thresholds))
+            raise ValueError(f"no cluster threshold configured for model {model_id!r} (configured: {known})")
+        return self.cluster_thresholds[model_id]
 
     def threshold(self, model_id: str) -> float:
         if model_id not in self.similarity_thresholds:

@@ -1,11 +1,15 @@
 """The whole suite on loopback in one process, for tests and benchmarks: the detector, a real
 Triton serving the embedding model, search on the edge store, and the gateway, with fixed
 API keys (``KEYS``). Each part can be stopped and started again on the same port, to test
-outages."""
+outages. The detector and search serve only calls that carry the suite's service token (a
+random one, ``service_token``), as the gateway's do; ``internal_channel()`` sends it too."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+
+import grpc
 
 from gateway.auth import ApiKeys, key_line
 from gateway.server import build_server as build_gateway
@@ -16,6 +20,7 @@ from services.embedder.serving.provisioning import prepare_models
 from services.embedder.serving.triton_server import TritonServer
 from services.embedder.settings import EmbedderSettings
 from services.runtime.background import BackgroundServer
+from services.runtime.channels import sending_service_token
 from services.runtime.ports import free_ports
 from services.search.server import build_server as build_search
 from services.search.settings import SearchSettings
@@ -27,6 +32,7 @@ KEYS = {
     "cli": "fs_test_cli_key",
     "calibration": "fs_test_calibration_key",  # `facesearch calibrate` needs a tenant without people
     "evaluation": "fs_test_evaluation_key",  # `facesearch eval` needs a tenant that stores nothing
+    "people": "fs_test_people_key",
 }
 READ_ONLY_KEY = ("acme", "fs_test_acme_read_only")
 
@@ -53,6 +59,7 @@ class LocalSuite:
         here); ``detector_overrides``: detector settings (e.g. the embedding model it aligns for)."""
         self.detector_overrides = dict(detector_overrides or {})
         self.root = root
+        self.service_token = secrets.token_urlsafe(32)
         self.detector_port, self.search_port, self.gateway_port = free_ports(3)
         self.model_repository = embedder.model_repository
         self._owns_triton = triton is None
@@ -80,6 +87,7 @@ class LocalSuite:
             downstream_retries=2,
             retry_backoff_s=0.1,
             metrics_port=0,
+            service_token=self.service_token,
             **{"thresholds_file": None, **gateway_overrides},
         )
         self.gateway = BackgroundServer(
@@ -94,19 +102,34 @@ class LocalSuite:
     def search_address(self) -> str:
         return f"127.0.0.1:{self.search_port}"
 
+    def internal_channel(self, address: str, **options) -> grpc.Channel:
+        """A channel to the detector or search (``grpc.insecure_channel``'s arguments) whose
+        calls carry the service token."""
+        return sending_service_token(grpc.insecure_channel(address, **options), self.service_token)
+
     def start_triton(self) -> TritonServer:
         """Triton again, on the ports it had."""
         return self.triton.restart()
 
     def start_detector(self) -> BackgroundServer:
         settings = DetectorSettings(
-            host="127.0.0.1", port=self.detector_port, log_format="text", **self.detector_overrides
+            host="127.0.0.1",
+            port=self.detector_port,
+            log_format="text",
+            service_token=self.service_token,
+            **self.detector_overrides,
         )
         self.detector = BackgroundServer(build_detector(settings))
         return self.detector
 
     def start_search(self) -> BackgroundServer:
-        settings = SearchSettings(host="127.0.0.1", port=self.search_port, log_format="text", path=self.root / "search")
+        settings = SearchSettings(
+            host="127.0.0.1",
+            port=self.search_port,
+            log_format="text",
+            path=self.root / "search",
+            service_token=self.service_token,
+        )
         self.search = BackgroundServer(build_search(settings))
         return self.search
 

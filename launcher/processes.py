@@ -13,11 +13,17 @@ back to 1 s once it has run for a minute), and the others keep serving meanwhile
 (SIGTERM or Ctrl-C) stops the gateway first and lets it finish its calls in flight while the
 back ends still answer them, then stops the back ends. Every child dies with the launcher,
 even a launcher killed with SIGKILL (``services.runtime.processes``).
+
+The services share a service token (``FACESEARCH_SERVICE_TOKEN``: the one in the
+environment, else a random one made at each start and left in ``var/service_token`` for the
+tools that call a service directly): the detector and search serve only the calls that carry
+it, which the gateway's do.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import time
@@ -40,7 +46,7 @@ from services.runtime.readiness import (
     triton_ready,
     wait_until_ready,
 )
-from services.runtime.settings import SettingsError, load_settings
+from services.runtime.settings import SERVICE_TOKEN_VARIABLE, SettingsError, load_settings
 from services.search.settings import SearchSettings
 
 
@@ -77,6 +83,7 @@ class ServiceProcess:
 
 DEFAULT_METRICS_PORTS = {"gateway": 9100, "detector": 9101, "embedder": 8002, "search": 9102}
 EMBEDDER_STARTUP_TIMEOUT_S = 600.0  # the first start converts the weights before Triton starts
+LOCAL_SERVICE_TOKEN_FILE = Path("var/service_token")
 
 
 def default_suite() -> list[ServiceProcess]:
@@ -98,13 +105,14 @@ def default_suite() -> list[ServiceProcess]:
         keys_file, key_file = ensure_local_key()
         gateway_env["FACESEARCH_GATEWAY_API_KEYS_FILE"] = str(keys_file)
         key_note = f"  (API key of tenant '{LOCAL_TENANT}' in {key_file})"
+    token = {SERVICE_TOKEN_VARIABLE: suite_service_token()}
     return [
         ServiceProcess(
             "detector",
             "services.detector",
             port=detector.port,
             metrics_port=detector.metrics_port or DEFAULT_METRICS_PORTS["detector"],
-            env=detector_env,
+            env={**detector_env, **token},
         ),
         ServiceProcess(
             "embedder",
@@ -123,6 +131,7 @@ def default_suite() -> list[ServiceProcess]:
             "services.search",
             port=search.port,
             metrics_port=search.metrics_port or DEFAULT_METRICS_PORTS["search"],
+            env=dict(token),
             extra=f"  ({search.backend} store in {search.path})" if search.backend == "edge" else "",
         ),
         # Last: its readiness means the suite is ready (it connects to the others lazily).
@@ -131,7 +140,7 @@ def default_suite() -> list[ServiceProcess]:
             "gateway",
             port=gateway.port,
             metrics_port=gateway.metrics_port or DEFAULT_METRICS_PORTS["gateway"],
-            env=gateway_env,
+            env={**gateway_env, **token},
             extra=key_note,
         ),
     ]
@@ -154,12 +163,39 @@ def ensure_local_key() -> tuple[Path, Path]:
     first `up` (its hash in the keys file, the key in a private file the commands read)."""
     keys_file, key_file = LOCAL_KEYS_FILE.resolve(), LOCAL_KEY_FILE.resolve()
     if not (keys_file.is_file() and key_file.is_file()):
-        key = add_key(keys_file, LOCAL_TENANT)
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(key + "\n")
+        _write_private(key_file, add_key(keys_file, LOCAL_TENANT))
     return keys_file, key_file
+
+
+def suite_service_token() -> str:
+    """The suite's service token: ``FACESEARCH_SERVICE_TOKEN`` when set, else a new random one,
+    left in a private file (``LOCAL_SERVICE_TOKEN_FILE``) for the tools that call a service
+    directly (``facesearch detect``)."""
+    token = os.environ.get(SERVICE_TOKEN_VARIABLE)
+    if not token:
+        token = secrets.token_urlsafe(32)
+        _write_private(LOCAL_SERVICE_TOKEN_FILE.resolve(), token)
+    return token
+
+
+def local_service_token() -> str | None:
+    """The token a tool here sends to a service it calls directly: ``FACESEARCH_SERVICE_TOKEN``,
+    else the one the last `up` run from this folder made."""
+    token = os.environ.get(SERVICE_TOKEN_VARIABLE)
+    if token:
+        return token
+    try:
+        return LOCAL_SERVICE_TOKEN_FILE.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_private(path: Path, secret: str) -> None:
+    """Writes ``secret`` to a file only its owner may read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
 
 
 class Suite:

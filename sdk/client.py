@@ -8,23 +8,73 @@
 
 Photos are given as a path, bytes, or a ``facesearch_pb2.Photo``; answers are the
 API's messages. Failures raise ``FaceSearchError`` with the gRPC status code.
+
+A call the gateway refuses because it is at capacity (RESOURCE_EXHAUSTED) is tried
+again by gRPC itself, up to ``retries`` times, after the delay the gateway asks for
+(``grpc-retry-pushback-ms``; else a jittered backoff from 0.2 s, doubling), never past
+the call's timeout. TLS: give ``root_certificates`` (PEM bytes of the CA that signed the
+gateway's certificate), or ``credentials`` for anything else (a client certificate).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import grpc
 
 from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
+from services.runtime.channels import MAX_ATTEMPTS, RetryPolicy
 
 PhotoLike = str | Path | bytes | facesearch_pb2.Photo
+SERVICE = facesearch_pb2.DESCRIPTOR.services_by_name["FaceSearch"].full_name
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
+# gRPC retries only calls whose requests it kept, up to this size per call (256 KiB by default).
+RETRY_BUFFER_BYTES = 64 * 1024 * 1024
+DEFAULT_RETRIES = MAX_ATTEMPTS - 1
+RETRY_BACKOFF_S, MAX_RETRY_BACKOFF_S = 0.2, 2.0
+
+
+def channel_options(retries: int = DEFAULT_RETRIES) -> list[tuple[str, object]]:
+    """The options of a channel to the gateway: message sizes, and ``retries`` retries of a
+    call refused with RESOURCE_EXHAUSTED (0: none)."""
+    policy = RetryPolicy(retries + 1, RETRY_BACKOFF_S, MAX_RETRY_BACKOFF_S, codes=("RESOURCE_EXHAUSTED",))
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.service_config", policy.service_config([SERVICE])),
+        ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
+    ]
+
+
+class _Client:
+    """The channel, stub and key both clients hold; ``_channels`` is ``grpc`` or ``grpc.aio``."""
+
+    _channels = grpc
+
+    def __init__(
+        self,
+        address: str,
+        api_key: str,
+        *,
+        timeout_s: float = 120.0,
+        retries: int = DEFAULT_RETRIES,
+        root_certificates: bytes | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        options = channel_options(retries)
+        if credentials is None and root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        self._channel = (
+            self._channels.insecure_channel(address, options=options)
+            if credentials is None
+            else self._channels.secure_channel(address, credentials, options=options)
+        )
+        self._stub = facesearch_pb2_grpc.FaceSearchStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self.timeout_s = timeout_s
 
 
 class FaceSearchError(Exception):
@@ -76,12 +126,31 @@ class _Requests:
         )
 
 
-class FaceSearchClient:
-    def __init__(self, address: str, api_key: str, *, timeout_s: float = 120.0) -> None:
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        self._stub = facesearch_pb2_grpc.FaceSearchStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
-        self.timeout_s = timeout_s
+class _PeopleRequests:
+    """The requests of the people and clustering calls, for both clients."""
+
+    @staticmethod
+    def find_people(person_ids, match_all, threshold, limit, page_token) -> facesearch_pb2.FindMeRequest:
+        return facesearch_pb2.FindMeRequest(
+            person_ids=list(person_ids),
+            people_match=facesearch_pb2.PEOPLE_MATCH_ALL if match_all else facesearch_pb2.PEOPLE_MATCH_ANY,
+            similarity_threshold=threshold,
+            limit=limit,
+            page_token=page_token,
+        )
+
+    @staticmethod
+    def clusters(min_cluster_size, include_named, faces_per_cluster, page_token) -> facesearch_pb2.ClusterFacesRequest:
+        return facesearch_pb2.ClusterFacesRequest(
+            min_cluster_size=min_cluster_size,
+            include_named=include_named,
+            faces_per_cluster=faces_per_cluster,
+            page_token=page_token,
+        )
+
+
+class FaceSearchClient(_Client):
+    _channels = grpc
 
     def _call(self, method, request):
         try:
@@ -152,20 +221,95 @@ class FaceSearchClient:
     def delete_photo(self, photo_id: str) -> int:
         return self._call(self._stub.DeletePhoto, facesearch_pb2.DeletePhotoRequest(photo_id=photo_id)).faces_deleted
 
-    def list_people(self) -> list[facesearch_pb2.Person]:
+    def list_people(self, *, include_hidden: bool = False) -> list[facesearch_pb2.Person]:
         people, token = [], ""
         while True:
-            reply = self._call(self._stub.ListPeople, facesearch_pb2.ListPeopleRequest(page_token=token))
+            request = facesearch_pb2.ListPeopleRequest(page_token=token, include_hidden=include_hidden)
+            reply = self._call(self._stub.ListPeople, request)
             people += reply.people
             token = reply.next_page_token
             if not token:
                 return people
 
+    def find_people(
+        self,
+        person_ids: Iterable[str],
+        *,
+        match_all: bool = False,
+        threshold: float | None = None,
+        limit: int = 50,
+        page_token: str = "",
+    ) -> facesearch_pb2.FindMeResponse:
+        """The photos with any (``match_all``: all) of these enrolled people."""
+        request = _PeopleRequests.find_people(person_ids, match_all, threshold, limit, page_token)
+        return self._call(self._stub.FindMe, request)
+
     def cluster_faces(
-        self, *, threshold: float | None = None, min_cluster_size: int = 2
+        self, *, min_cluster_size: int = 2, include_named: bool = False, faces_per_cluster: int = 12
     ) -> list[facesearch_pb2.FaceCluster]:
-        request = facesearch_pb2.ClusterFacesRequest(similarity_threshold=threshold, min_cluster_size=min_cluster_size)
-        return list(self._call(self._stub.ClusterFaces, request).clusters)
+        """Every stored cluster (all pages), largest first."""
+        clusters, token = [], ""
+        while True:
+            request = _PeopleRequests.clusters(min_cluster_size, include_named, faces_per_cluster, token)
+            reply = self._call(self._stub.ClusterFaces, request)
+            clusters += reply.clusters
+            token = reply.next_page_token
+            if not token:
+                return clusters
+
+    def start_clustering(self, *, full: bool = False) -> facesearch_pb2.ClusteringStatus:
+        request = facesearch_pb2.StartClusteringRequest(full=full)
+        return self._call(self._stub.StartClustering, request).status
+
+    def clustering_status(self) -> facesearch_pb2.ClusteringStatus:
+        return self._call(self._stub.GetClusteringStatus, facesearch_pb2.GetClusteringStatusRequest()).status
+
+    def wait_for_clustering(self, *, timeout_s: float = 600.0, poll_s: float = 0.2) -> facesearch_pb2.ClusteringStatus:
+        """The status once the current run is over (TimeoutError after ``timeout_s``)."""
+        end = time.monotonic() + timeout_s
+        while (status := self.clustering_status()).state == facesearch_pb2.CLUSTERING_STATE_RUNNING:
+            if time.monotonic() > end:
+                raise TimeoutError(f"clustering still running after {timeout_s} s")
+            time.sleep(poll_s)
+        return status
+
+    def name_cluster(self, cluster_id: str, display_name: str = "", *, person_id: str = "") -> facesearch_pb2.Person:
+        request = facesearch_pb2.NameClusterRequest(
+            cluster_id=cluster_id, person_id=person_id, display_name=display_name
+        )
+        return self._call(self._stub.NameCluster, request).person
+
+    def rename_person(self, person_id: str, display_name: str) -> facesearch_pb2.Person:
+        request = facesearch_pb2.RenamePersonRequest(person_id=person_id, display_name=display_name)
+        return self._call(self._stub.RenamePerson, request).person
+
+    def merge_people(self, person_id: str, merged_person_ids: Iterable[str]) -> facesearch_pb2.Person:
+        request = facesearch_pb2.MergePeopleRequest(person_id=person_id, merged_person_ids=list(merged_person_ids))
+        return self._call(self._stub.MergePeople, request).person
+
+    def assign_face(self, face_id: str, person_id: str = "") -> facesearch_pb2.AssignFaceResponse:
+        """Moves a face of the archive to the person; without one, detaches it."""
+        return self._call(self._stub.AssignFace, facesearch_pb2.AssignFaceRequest(face_id=face_id, person_id=person_id))
+
+    def reject_face(self, face_id: str, person_id: str) -> facesearch_pb2.FaceRef:
+        """Not this person."""
+        request = facesearch_pb2.RejectFaceRequest(face_id=face_id, person_id=person_id)
+        return self._call(self._stub.RejectFace, request).face
+
+    def hide_person(self, person_id: str, hidden: bool = True) -> facesearch_pb2.Person:
+        request = facesearch_pb2.HidePersonRequest(person_id=person_id, hidden=hidden)
+        return self._call(self._stub.HidePerson, request).person
+
+    def person_faces(self, person_id: str) -> list[facesearch_pb2.FaceRef]:
+        """Every face of the person (all pages), the best first."""
+        faces, token = [], ""
+        while True:
+            request = facesearch_pb2.ListPersonFacesRequest(person_id=person_id, page_token=token)
+            reply = self._call(self._stub.ListPersonFaces, request)
+            faces += reply.faces
+            token = reply.next_page_token
+            if not token:
+                return faces
 
     def stats(self) -> facesearch_pb2.StatsResponse:
         return self._call(self._stub.Stats, facesearch_pb2.StatsRequest())
@@ -180,14 +324,10 @@ class FaceSearchClient:
         self.close()
 
 
-class AsyncFaceSearchClient:
+class AsyncFaceSearchClient(_Client):
     """The same methods as FaceSearchClient, as coroutines (``index`` is an async iterator)."""
 
-    def __init__(self, address: str, api_key: str, *, timeout_s: float = 120.0) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        self._stub = facesearch_pb2_grpc.FaceSearchStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
-        self.timeout_s = timeout_s
+    _channels = grpc.aio
 
     async def _call(self, method, request):
         try:
@@ -268,11 +408,37 @@ class AsyncFaceSearchClient:
             if not token:
                 return people
 
+    async def find_people(
+        self,
+        person_ids: Iterable[str],
+        *,
+        match_all: bool = False,
+        threshold: float | None = None,
+        limit: int = 50,
+        page_token: str = "",
+    ) -> facesearch_pb2.FindMeResponse:
+        request = _PeopleRequests.find_people(person_ids, match_all, threshold, limit, page_token)
+        return await self._call(self._stub.FindMe, request)
+
     async def cluster_faces(
-        self, *, threshold: float | None = None, min_cluster_size: int = 2
+        self, *, min_cluster_size: int = 2, include_named: bool = False, faces_per_cluster: int = 12
     ) -> list[facesearch_pb2.FaceCluster]:
-        request = facesearch_pb2.ClusterFacesRequest(similarity_threshold=threshold, min_cluster_size=min_cluster_size)
-        return list((await self._call(self._stub.ClusterFaces, request)).clusters)
+        clusters, token = [], ""
+        while True:
+            request = _PeopleRequests.clusters(min_cluster_size, include_named, faces_per_cluster, token)
+            reply = await self._call(self._stub.ClusterFaces, request)
+            clusters += reply.clusters
+            token = reply.next_page_token
+            if not token:
+                return clusters
+
+    async def start_clustering(self, *, full: bool = False) -> facesearch_pb2.ClusteringStatus:
+        request = facesearch_pb2.StartClusteringRequest(full=full)
+        return (await self._call(self._stub.StartClustering, request)).status
+
+    async def clustering_status(self) -> facesearch_pb2.ClusteringStatus:
+        request = facesearch_pb2.GetClusteringStatusRequest()
+        return (await self._call(self._stub.GetClusteringStatus, request)).status
 
     async def delete_person(self, person_id: str) -> int:
         request = facesearch_pb2.DeletePersonRequest(person_id=person_id)

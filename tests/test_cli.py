@@ -15,10 +15,12 @@ import grpc
 from facesearch.v1 import search_pb2, search_pb2_grpc
 from gateway.auth import ApiKeys, add_key
 from launcher.processes import ensure_local_key
+from services.runtime.channels import service_token_metadata
 from services.runtime.ports import free_ports
 from tests.conftest import REPO, photo_path
 
 FACESEARCH = [sys.executable, "-m", "cli.main"]
+SERVICE_TOKEN = "the-service-token-of-the-cli-test"
 
 
 def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
@@ -40,6 +42,7 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
         "FACESEARCH_GATEWAY_PORT": str(gateway_port),
         "FACESEARCH_GATEWAY_METRICS_PORT": str(gateway_metrics),
         "FACESEARCH_GATEWAY_API_KEYS_FILE": str(tmp_path / "api_keys"),
+        "FACESEARCH_SERVICE_TOKEN": SERVICE_TOKEN,
     }
     log = (tmp_path / "up.log").open("w+")
     up = subprocess.Popen([*FACESEARCH, "up"], cwd=REPO, env=env, stderr=log, text=True)
@@ -62,6 +65,7 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
                 str(garbage),
             ],
             cwd=REPO,
+            env=env,
             capture_output=True,
             text=True,
             timeout=120,
@@ -71,7 +75,9 @@ def test_up_serves_detect_requests_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert len(good["faces"]) == 3 and (good["width"], good["height"]) == (800, 534)
         assert "cannot decode" in bad["error"]
         with grpc.insecure_channel(f"127.0.0.1:{search_port}") as channel:
-            count = search_pb2_grpc.SearchStub(channel).Count(search_pb2.CountRequest(tenant="me"), timeout=30)
+            count = search_pb2_grpc.SearchStub(channel).Count(
+                search_pb2.CountRequest(tenant="me"), timeout=30, metadata=service_token_metadata(SERVICE_TOKEN)
+            )
         assert count.count == 0
         # The gateway, through the whole suite: detector, Triton, search.
         verify = subprocess.run(

@@ -237,3 +237,33 @@ def test_eval_measures_through_the_gateway_writes_a_self_contained_page_and_clea
     assert status == 0
     both = compared.read_text()
     assert both.count('<polyline class="roc"') == 2 and "other-model" in both and "https://" not in both
+
+
+def test_cluster_name_list_faces_say_not_this_person_and_find_two_people(cli, folder):
+    def run(*args: str):
+        status, out, err = cli(*args, key=KEYS["people"])
+        assert status == 0, err
+        return out
+
+    for name in ["6.jpg", "12.jpg", "overlap/2.jpg", "overlap/3.jpg", "overlap/4.jpg", "17.jpg", "18.jpg"]:
+        shutil.copy(photo_path("photoprism", name), folder / name.replace("/", "-"))
+    run("index", str(folder))
+    assert "clustering done" in run("cluster", "--full", "--wait")
+    listed = run("clusters")
+    clusters = re.findall(r"^(c[0-9a-f]+)  (\d+) face\(s\): (.*)$", listed, re.MULTILINE)
+    assert len(clusters) >= 2, listed
+    m = next(c for c in clusters if "2.jpg#0" in c[2])
+    w = next(c for c in clusters if "6.jpg#0" in c[2])
+    assert "M" in run("name", m[0], "M") and "W" in run("name", w[0], "W")
+    unnamed = run("clusters")
+    assert m[0] not in unnamed and w[0] not in unnamed and m[0] in run("clusters", "--named")
+    faces = run("faces", "M")
+    archive_face = re.search(r"^(\S+)  archive  4.jpg#0", faces, re.MULTILINE)
+    assert archive_face, faces
+    assert "is not M" in run("not", archive_face[1], "M")
+    assert "4.jpg#0" not in run("faces", "M")
+    both = run("findme", "--people", "M", "W", "--all")
+    found = {line.split()[1] for line in both.splitlines()}
+    together = {"trip/together.JPG", "overlap-2.jpg", "overlap-3.jpg", "overlap-4.jpg", "17.jpg", "18.jpg"}
+    assert found and found <= together
+    assert "hidden" in run("hide", "W") and "W" not in run("people")

@@ -48,7 +48,7 @@ def globex(suite: LocalSuite) -> Iterator[FaceSearchClient]:
 @pytest.fixture(scope="module")
 def search(suite: LocalSuite) -> Iterator[search_pb2_grpc.SearchStub]:
     """The search service itself, to check what is stored."""
-    with grpc.insecure_channel(suite.search_address) as channel:
+    with suite.internal_channel(suite.search_address) as channel:
         yield search_pb2_grpc.SearchStub(channel)
 
 
@@ -295,24 +295,28 @@ def test_findme_pages_are_stable_and_tokens_checked(archive, acme) -> None:
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "another FindMe query" in caught.value.message
 
 
-def test_cluster_faces_groups_each_person_and_names_the_enrolled(archive, acme, labels) -> None:
-    enrolled = acme.enroll("M to name a cluster", [photo("photoprism", "4.jpg", "cluster-ref")])
-    try:
-        clusters = acme.cluster_faces()
-        names = {p.person_id: p.display_name for p in acme.list_people()}
-    finally:
-        acme.delete_person(enrolled.person_id)
+def test_clusters_of_the_photoprism_people_are_pure_and_hold_most_of_their_faces(archive, acme, labels) -> None:
+    acme.start_clustering(full=True)
+    status = acme.wait_for_clustering(timeout_s=300)
+    assert status.state == facesearch_pb2.CLUSTERING_STATE_DONE, status.error
     people = {name: set(p["people"]) for name, p in photoprism_photos(labels).items()}
-    for cluster in clusters:
+    held = {"M": 0, "W": 0}
+    for cluster in acme.cluster_faces(faces_per_cluster=500, include_named=True):
         in_photos = [f.photo_id for f in cluster.faces]
-        assert len(in_photos) >= 2
         assert len(in_photos) == len(set(in_photos)), "two faces of one photo are two people"
-        shared = set.intersection(*(people[p] for p in in_photos))
-        assert shared, f"{cluster.cluster_id} mixes people: {in_photos}"
-        if cluster.person_id:  # named after an enrolment of the same person ("person M", "M to name ...")
-            assert shared & set(names[cluster.person_id].split()), (cluster.cluster_id, names[cluster.person_id])
-    largest = clusters[0]
-    assert len(largest.faces) >= 7 and largest.person_id, "the person seen most is one named cluster"
+        labelled = [people[p] for p in in_photos if p in people]
+        if not labelled:
+            continue
+        shared = set.intersection(*labelled)
+        assert shared and len(labelled) == len(in_photos), f"{cluster.cluster_id} mixes people: {in_photos}"
+        for person in shared & set(held):
+            if len(shared) == 1:
+                held[person] = max(held[person], len(in_photos))
+    print(
+        f"\nlargest pure clusters: {held} of M {sum('M' in p for p in people.values())}, "
+        f"W {sum('W' in p for p in people.values())}"
+    )
+    assert held["M"] >= 7 and held["W"] >= 5, "most of their faces (measured: 8 of 10, 6 of 11)"
 
 
 # --- Verify and Identify ----------------------------------------------------------------------
@@ -324,7 +328,7 @@ def detected_faces(suite: LocalSuite, set_name: str, name: str) -> list[common_p
         images=[common_pb2.Image(content=photo_bytes(set_name, name))],
         options=detector_pb2.DetectOptions(skip_blurred=True),
     )
-    with grpc.insecure_channel(
+    with suite.internal_channel(
         suite.detector.address, options=[("grpc.max_receive_message_length", 64 * 2**20)]
     ) as channel:
         [item] = detector_pb2_grpc.DetectorStub(channel).DetectBatch(request, timeout=60).items

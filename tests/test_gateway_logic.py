@@ -46,6 +46,14 @@ TENANTS = (
     "retry",
     "metrics",
     "references",
+    "incremental",
+    "people-ops",
+    "find-people",
+    "backfill",
+    "backfill-whole",
+    "backfill-shards",
+    "backfill-s3",
+    "backfill-bucket",
 )
 OTHER_TENANT = "other"
 # gRPC sends a call's timeout rounded up (to a few significant digits): a server may see a little more.
@@ -524,33 +532,6 @@ def test_list_people_refuses_forged_altered_and_foreign_tokens(gateway, connect)
         "page_token belongs to another ListPeople query",
     )
     assert list_people_page(gateway, "people", 1, token).people, "the token still works for its own tenant"
-
-
-# --- ClusterFaces -----------------------------------------------------------------------------
-
-
-def test_cluster_faces_groups_people_and_never_links_two_faces_of_one_photo(connect) -> None:
-    client = connect("clusters")
-    photos = [photo(fake_photo(face("ann", variant=v)), f"ann-{v}") for v in range(3)]
-    photos += [photo(fake_photo(face("bob", variant=v)), f"bob-{v}") for v in range(2)]
-    # Two faces of one person in one photo (a mirror): alike, but two faces of one photo are two people.
-    photos += [photo(fake_photo(face("cid", variant=0), face("cid", variant=1, x=200)), "mirror")]
-    photos += [photo(fake_photo(face("dan")), "dan")]
-    assert set(statuses(client.index(photos))) == {"INDEXED"}
-    enrolled = client.enroll("Ann", [fake_photo(face("ann", variant=50))])
-
-    clusters = client.cluster_faces(min_cluster_size=1)
-    named = {tuple(sorted(f"{f.photo_id}#{f.face_index}" for f in c.faces)): c.person_id for c in clusters}
-    assert named == {
-        ("ann-0#0", "ann-1#0", "ann-2#0"): enrolled.person_id,
-        ("bob-0#0", "bob-1#0"): "",
-        ("dan#0",): "",
-        ("mirror#0",): "",
-        ("mirror#1",): "",
-    }
-    assert [len(c.faces) for c in clusters] == [3, 2, 1, 1, 1], "largest first"
-    assert [c.cluster_id for c in clusters] == [f"cluster-{n}" for n in range(1, 6)]
-    assert [len(c.faces) for c in client.cluster_faces()] == [3, 2], "min_cluster_size 2 by default"
 
 
 # --- Verify -----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pathlib
 import re
-import subprocess
 import typing
 
 import kubernetes_validate
@@ -308,14 +308,14 @@ def test_backfill_and_migration_jobs_are_off_by_default() -> None:
         assert not [m for m in manifests_of(case) if m["kind"] == "Job"], case
     manifests = manifests_of("everything-on")
     backfill = only(manifests, "Job", "-backfill")["spec"]
-    script = backfill["template"]["spec"]["containers"][0]["command"][-1]
-    [index_arguments] = re.findall(r"^exec facesearch (index .*)$", script, re.MULTILINE)
-    build_parser().parse_args(index_arguments.replace('"$GATEWAY"', "gateway:50050").split())
+    command = backfill["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["facesearch", "backfill"]
+    build_parser().parse_args([a.replace("$(GATEWAY)", "gateway:50050") for a in command[1:]])
     assert backfill["completionMode"] == "Indexed"
     assert (backfill["completions"], backfill["parallelism"]) == (4, 2)
     pod = backfill["template"]["spec"]
     [index] = pod["containers"]
-    assert "$JOB_COMPLETION_INDEX" in index["command"][-1] and "facesearch index" in index["command"][-1]
+    assert index["command"][index["command"].index("--shard") + 1] == "$(JOB_COMPLETION_INDEX)/$(SHARDS)"
     assert env_of(index)["SHARDS"]["value"] == "4"
     assert env_of(index)["FACESEARCH_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "backfill-api-key"
     assert env_of(index)["GATEWAY"]["value"] == "fs-facesearch-gateway:50050"
@@ -361,12 +361,14 @@ def test_services_are_given_settings_they_know_and_addresses_that_exist(case: st
 
 
 def test_backfill_pods_share_the_archive_and_keep_its_photo_ids(tmp_path) -> None:
-    """The backfill pods' script, run here on a small archive for each completion index: every
-    photo is indexed by exactly one pod, under the id `facesearch index ARCHIVE` gives it."""
+    """The backfill pods' command, parsed as `facesearch` parses it for each completion index,
+    on a small archive: every photo falls in exactly one pod's shard, under the id
+    `facesearch index ARCHIVE` gives it."""
+    from backfill.sources import Shard, directory
     from cli.archive import _photos_under
 
     backfill = only(manifests_of("everything-on"), "Job", "-backfill")["spec"]
-    script = backfill["template"]["spec"]["containers"][0]["command"][-1]
+    command = backfill["template"]["spec"]["containers"][0]["command"]
     archive = tmp_path / "archive"
     for name in ["2019/a.jpg", "2019/b.JPG", "2020/trip/c d.png", "2020/notes.txt", "e.jpg", "f.webp", "g/h/i.jpeg"]:
         (archive / name).parent.mkdir(parents=True, exist_ok=True)
@@ -376,15 +378,16 @@ def test_backfill_pods_share_the_archive_and_keep_its_photo_ids(tmp_path) -> Non
 
     indexed: list[str] = []
     for index in range(backfill["completions"]):
-        shard = tmp_path / f"shard-{index}"
-        shard.mkdir()
-        local = re.sub(r"^exec facesearch index .*$", ":", script, flags=re.MULTILINE)
-        local = local.replace("/archive", str(archive)).replace("/shard", str(shard))
-        env = {"PATH": "/usr/bin:/bin", "SHARDS": str(backfill["completions"]), "JOB_COMPLETION_INDEX": str(index)}
-        subprocess.run(["sh", "-c", local], check=True, env=env, timeout=30)
-        for photo_id, file in _photos_under([shard]):
-            assert file.resolve() == archive / photo_id
-            indexed.append(photo_id)
+        arguments = [
+            a.replace("$(GATEWAY)", "gateway:50050")
+            .replace("$(JOB_COMPLETION_INDEX)", str(index))
+            .replace("$(SHARDS)", str(backfill["completions"]))
+            .replace("/archive", str(archive))
+            for a in command[1:]
+        ]
+        args = build_parser().parse_args(arguments)
+        shard = Shard.parse(args.shard)
+        indexed += [photo.key for photo in directory(pathlib.Path(args.source)) if shard.holds(photo.key)]
     assert sorted(indexed) == sorted(expected)
 
 

@@ -37,6 +37,15 @@ def test_the_v1_api_has_every_service_and_rpc():
         "DeletePhoto",
         "ListPeople",
         "ClusterFaces",
+        "StartClustering",
+        "GetClusteringStatus",
+        "NameCluster",
+        "RenamePerson",
+        "MergePeople",
+        "AssignFace",
+        "RejectFace",
+        "HidePerson",
+        "ListPersonFaces",
         "Stats",
     }
     assert {"Image", "BoundingBox", "Landmarks", "Face", "FaceQuality", "Embedding", "EmbeddingModel"} <= set(

@@ -31,6 +31,7 @@ from facesearch.v1 import (
     search_pb2_grpc,
 )
 from gateway.auth import add_key
+from services.runtime.channels import service_token_metadata
 from services.runtime.ports import free_ports
 from services.runtime.readiness import grpc_serving, process_tree, triton_ready
 from tests.conftest import REPO, photo_bytes
@@ -39,6 +40,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("
 
 FACESEARCH = [sys.executable, "-m", "cli.main"]
 READY = "press Ctrl-C to stop"
+SERVICE_TOKEN = "the-service-token-of-the-supervision-tests"
+INTERNAL = service_token_metadata(SERVICE_TOKEN)  # what a call to the detector or search carries
 
 
 class Up:
@@ -64,6 +67,7 @@ class Up:
             "FACESEARCH_GATEWAY_PORT": str(self.ports["gateway"]),
             "FACESEARCH_GATEWAY_METRICS_PORT": str(self.ports["gateway_metrics"]),
             "FACESEARCH_GATEWAY_API_KEYS_FILE": str(work / "api_keys"),
+            "FACESEARCH_SERVICE_TOKEN": SERVICE_TOKEN,
         }
         self.log_path = work / "up.log"
         self.process: subprocess.Popen | None = None
@@ -132,7 +136,9 @@ def detects(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         request = detector_pb2.DetectRequest(image=common_pb2.Image(content=photo_bytes("photoprism", "2.jpg")))
         try:
-            return len(detector_pb2_grpc.DetectorStub(channel).Detect(request, timeout=20).faces) == 1
+            return (
+                len(detector_pb2_grpc.DetectorStub(channel).Detect(request, timeout=20, metadata=INTERNAL).faces) == 1
+            )
         except grpc.RpcError:
             return False
 
@@ -140,7 +146,9 @@ def detects(address: str) -> bool:
 def counts(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            search_pb2_grpc.SearchStub(channel).Count(search_pb2.CountRequest(tenant="me"), timeout=5)
+            search_pb2_grpc.SearchStub(channel).Count(
+                search_pb2.CountRequest(tenant="me"), timeout=5, metadata=INTERNAL
+            )
         except grpc.RpcError:
             return False
     return True
@@ -230,7 +238,8 @@ def index(up: Up, photos: list[facesearch_pb2.Photo], spacing_s: float, on_first
 
 def faces_stored(up: Up) -> int:
     with grpc.insecure_channel(up.address("search")) as channel:
-        return search_pb2_grpc.SearchStub(channel).Count(search_pb2.CountRequest(tenant="me"), timeout=10).count
+        request = search_pb2.CountRequest(tenant="me")
+        return search_pb2_grpc.SearchStub(channel).Count(request, timeout=10, metadata=INTERNAL).count
 
 
 def test_a_stream_goes_on_while_a_killed_back_end_restarts_and_keeps_what_it_acknowledged(up):

@@ -53,6 +53,10 @@ class DetectorSettings(ServiceSettings):
     retry_confidences: list[float] = Field(
         [0.8], description="Lower thresholds tried, in order, when a pass finds no face."
     )
+    try_rotations: bool = Field(
+        True,
+        description="A photo with no upright face at min_confidence is also tried turned by 90, 180 and 270 degrees.",
+    )
     min_face_size: int = Field(20, ge=1, description="Smallest face kept, original pixels.")
     min_detection_face_size: int = Field(
         20, ge=12, description="Smallest face searched for in the shrunk photo, in its pixels."

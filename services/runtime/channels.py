@@ -10,6 +10,10 @@ idempotent, inference is a pure function).
 
 A channel also reconnects within a second once the service is back (gRPC's default
 reconnect backoff grows to 120 s and meanwhile fails every call at once).
+
+Calls to the internal services carry the suite's service token (the ``service_token``
+setting) as the metadata ``SERVICE_TOKEN_KEY``; their servers refuse a call without it
+(services/runtime/server.py).
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import grpc
+from pydantic import SecretStr
 
 # gRPC refuses a retry policy of more attempts than this (it caps maxAttempts at 5).
 MAX_ATTEMPTS = 5
 RECONNECT_BACKOFF_MS = {"initial": 100, "max": 1000}
+SERVICE_TOKEN_KEY = "facesearch-service-token"
 
 
 @dataclass(frozen=True)
@@ -89,3 +96,51 @@ def aio_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel to ``address`` with the policy above."""
     return grpc.aio.insecure_channel(address, options=channel_options(services, retry, max_message_bytes))
+
+
+def service_token_metadata(token: str | SecretStr | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token``; none for no token."""
+    if isinstance(token, SecretStr):
+        token = token.get_secret_value()
+    return ((SERVICE_TOKEN_KEY, token),) if token else ()
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _SendServiceToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, token: str | SecretStr | None) -> None:
+        self._metadata = service_token_metadata(token)
+
+    def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), *self._metadata],
+            details.credentials,
+            details.wait_for_ready,
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    intercept_unary_stream = intercept_unary_unary
+    intercept_stream_unary = intercept_unary_unary
+    intercept_stream_stream = intercept_unary_unary
+
+
+def sending_service_token(channel: grpc.Channel, token: str | SecretStr | None) -> grpc.Channel:
+    """A synchronous channel (of a tool or a test) whose every call carries ``token``."""
+    return grpc.intercept_channel(channel, _SendServiceToken(token))

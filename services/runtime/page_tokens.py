@@ -23,6 +23,7 @@ from pydantic import AfterValidator, SecretStr
 
 SIGNATURE_BYTES = 16
 MIN_KEY_LENGTH = 16
+MAX_OFFSET = 2**31 - 1
 
 
 def _long_enough(key: SecretStr | None) -> SecretStr | None:
@@ -65,18 +66,22 @@ class PageTokens:
 
     def read(self, token: str, query: str) -> str | int:
         """The position ``token`` holds; raises ``InvalidPageToken`` unless this object's key
-        signed it for ``query``."""
+        signed it for ``query``. Whatever ``token`` is, nothing else is raised."""
+        not_ours = InvalidPageToken(f"page_token is not one {self.kind} issued")
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
-            raise InvalidPageToken(f"page_token is not one {self.kind} issued") from None
+            raise not_ours from None
         signature, body = raw[:SIGNATURE_BYTES], raw[SIGNATURE_BYTES:]
         expected = hmac.new(self._key, body, hashlib.sha256).digest()[:SIGNATURE_BYTES]
         if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(signature, expected):
-            raise InvalidPageToken(f"page_token is not one {self.kind} issued")
-        data = json.loads(body)
-        if data.get("k") != self.kind:
-            raise InvalidPageToken(f"page_token is not one {self.kind} issued")
+            raise not_ours
+        try:
+            data = json.loads(body)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+            raise not_ours from None
+        if not isinstance(data, dict) or data.get("k") != self.kind or not isinstance(data.get("p"), str | int):
+            raise not_ours
         if data.get("q") != query:
             raise InvalidPageToken(f"page_token belongs to another {self.kind} query")
         return data["p"]
@@ -86,6 +91,6 @@ class PageTokens:
         if not token:
             return 0
         offset = self.read(token, query)
-        if not isinstance(offset, int) or offset < 0:
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET:
             raise InvalidPageToken(f"page_token is not one {self.kind} issued")
         return offset

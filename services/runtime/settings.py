@@ -4,6 +4,10 @@ Every service has a section: its settings come from ``FACESEARCH_<SECTION>_<FIEL
 environment variables, then from the ``[<section>]`` table of the TOML file named
 by ``FACESEARCH_CONFIG``, then from the defaults. Invalid values stop the service
 at start with a message naming the variable to fix.
+
+The service token is the exception: one secret shared by the whole suite, so its default
+is the ``FACESEARCH_SERVICE_TOKEN`` variable, which every service reads (a service's own
+``FACESEARCH_<SECTION>_SERVICE_TOKEN`` or file setting still comes first).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -22,6 +26,8 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_VARIABLE = "FACESEARCH_CONFIG"
+SERVICE_TOKEN_VARIABLE = "FACESEARCH_SERVICE_TOKEN"
+MIN_SERVICE_TOKEN_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -44,6 +50,10 @@ def _config_file_section(section: str) -> dict[str, Any]:
     return table
 
 
+def _shared_service_token() -> str | None:
+    return os.environ.get(SERVICE_TOKEN_VARIABLE) or None
+
+
 class ServiceSettings(BaseSettings):
     """Settings every gRPC service has; subclasses add their own and set ``section``."""
 
@@ -59,6 +69,20 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    service_token: SecretStr | None = Field(
+        default_factory=_shared_service_token,
+        description="Secret the internal services (detector, search) require of every caller but health "
+        "checks, and the gateway sends them; unset: they serve any caller. Default: FACESEARCH_SERVICE_TOKEN.",
+    )
+
+    @field_validator("service_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value():
+            return None
+        if token is not None and len(token.get_secret_value()) < MIN_SERVICE_TOKEN_LENGTH:
+            raise ValueError(f"a service token must be at least {MIN_SERVICE_TOKEN_LENGTH} characters")
+        return token
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

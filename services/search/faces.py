@@ -42,6 +42,9 @@ class FaceFilter:
     source: str | None = None
     photo_hashes: tuple[str, ...] = ()
     face_index: int | None = None
+    cluster_ids: tuple[str, ...] = ()
+    cluster_run: int | None = None  # the clustering run that last looked at the faces (0: none)
+    face_ids: tuple[str, ...] = ()
 
 
 @dataclass
@@ -133,11 +136,21 @@ class FaceIndex:
                 if face_filter.face_index < 0:
                     raise InvalidRequest(f"face_index must not be negative, got {face_filter.face_index}")
                 match["face_index"] = (face_filter.face_index,)
+            if face_filter.cluster_ids:
+                match["cluster_id"] = tuple(face_filter.cluster_ids)
+            if face_filter.cluster_run is not None:
+                match["cluster_run"] = (face_filter.cluster_run,)
             if face_filter.source:
                 if face_filter.source not in SOURCES:
                     raise InvalidRequest(f"unknown source {face_filter.source!r}")
                 match["source"] = (face_filter.source,)
         match.update({key: values for key, values in extra.items() if values})
+        if face_filter is not None and face_filter.face_ids:
+            try:
+                ids = tuple(str(uuid.UUID(face_id)) for face_id in face_filter.face_ids)
+            except ValueError:
+                raise InvalidRequest("every face id must be a UUID") from None
+            return Conditions(match_any=match, ids=ids)
         return Conditions(match_any=match)
 
     def _existing_collections(self, model_id: str) -> list[str]:

@@ -93,6 +93,9 @@ def _filter(message: search_pb2.FaceFilter) -> FaceFilter:
         source=_SOURCE_NAMES.get(message.source),
         photo_hashes=tuple(message.photo_hashes),
         face_index=message.face_index if message.HasField("face_index") else None,
+        cluster_ids=tuple(message.cluster_ids),
+        cluster_run=message.cluster_run if message.HasField("cluster_run") else None,
+        face_ids=tuple(message.face_ids),
     )
 
 
@@ -117,6 +120,14 @@ def _payload(message: search_pb2.FacePayload) -> dict[str, Any]:
         payload["metadata"] = dict(message.metadata)
     if message.person_name:
         payload["person_name"] = message.person_name
+    # Clustering state: always written, so that faces no run has looked at can be found.
+    payload["cluster_id"] = message.cluster_id
+    payload["cluster_run"] = message.cluster_run
+    payload["cluster_core"] = message.cluster_core
+    if message.not_person_ids:
+        payload["not_person_ids"] = list(message.not_person_ids)
+    if message.person_hidden:
+        payload["person_hidden"] = True
     if message.HasField("indexed_at"):
         payload["indexed_at"] = message.indexed_at.ToDatetime(datetime.UTC).isoformat(timespec="milliseconds")
     return payload
@@ -148,6 +159,11 @@ def _record(face: StoredFace) -> search_pb2.FaceRecord:
         indexed_at=indexed_at,
         metadata={str(k): str(v) for k, v in (p.get("metadata") or {}).items()},
         person_name=p.get("person_name", ""),
+        cluster_id=p.get("cluster_id", ""),
+        not_person_ids=[str(i) for i in p.get("not_person_ids") or ()],
+        cluster_run=int(p.get("cluster_run", 0)),
+        person_hidden=bool(p.get("person_hidden", False)),
+        cluster_core=bool(p.get("cluster_core", False)),
     )
     vector = [] if face.vector is None else [float(v) for v in face.vector]
     return search_pb2.FaceRecord(id=face.id, vector=vector, payload=payload)

@@ -45,6 +45,12 @@ class SearchSettings(ServiceSettings):
     indexing_threshold_kb: int = Field(
         20_000, ge=1, description="Edge: segments larger than this (KiB of vectors) get an HNSW index."
     )
+    erase_after_s: float = Field(
+        60.0,
+        ge=0,
+        description="Edge: seconds after a delete when the segments holding deleted faces are rewritten "
+        "without them (the deletes meanwhile are erased together).",
+    )
 
     @field_validator("models")
     @classmethod

@@ -3,13 +3,25 @@
 Each collection is one EdgeShard in its own folder. New points are searchable at
 once (unindexed segments are scanned exactly); the HNSW index is built by
 ``optimize()``, which runs on a background thread after ``optimize_after`` new
-points and when a collection is opened with unindexed points. Segments smaller
+points and when a collection is opened. Segments smaller
 than ``indexing_threshold_kb`` stay unindexed: an exact scan of them is as fast.
+
+Deleting erases. The engine's delete only marks points, so ``erase_after_s`` after a
+delete (the deletes meanwhile wait for the same pass) the segments holding deleted
+points are rewritten without them and the old ones removed (``optimize()`` with
+vacuuming of any segment with a deleted point, then ``flush()``). Shards have no
+write-ahead log, which would keep every deleted point's vector and payload until it
+rolled over: each update is flushed before it is acknowledged instead. A collection
+is vacuumed when it is opened (a delete the process did not live to erase) and when
+the store is closed; a shard of an earlier version, with a write-ahead log, is
+rewritten into a new shard without one when it is opened.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,6 +41,13 @@ from services.search.store.base import (
 
 log = logging.getLogger(__name__)
 
+# A segment with any deleted point is vacuumed (rewritten without it) by optimize().
+VACUUM_DELETED_FRACTION = 1e-9
+# Where a shard is rewritten, and where the shard it replaces waits to be removed.
+REWRITE_SUFFIX, REPLACED_SUFFIX = ".rewrite", ".replaced"
+COPY_PAGE = 1000
+ERASE_RETRY_S = 10.0  # the least wait before an erasure that failed is tried again
+
 
 class _Collection:
     def __init__(self, shard: qe.EdgeShard) -> None:
@@ -36,6 +55,7 @@ class _Collection:
         self.write_lock = threading.Lock()
         self.optimize_lock = threading.Lock()
         self.unindexed = 0
+        self.erase_timer: threading.Timer | None = None  # the erasure due after a delete
 
 
 class EdgeFaceStore(FaceStore):
@@ -48,6 +68,7 @@ class EdgeFaceStore(FaceStore):
         hnsw_ef: int = 128,
         optimize_after: int = 5000,
         indexing_threshold_kb: int = 20_000,
+        erase_after_s: float = 60.0,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -56,41 +77,86 @@ class EdgeFaceStore(FaceStore):
         self.hnsw_ef = hnsw_ef
         self.optimize_after = optimize_after
         self.indexing_threshold_kb = indexing_threshold_kb
+        self.erase_after_s = erase_after_s
         self._collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
         self._optimizers: list[threading.Thread] = []
+        self._closing = False
+        _finish_rewrites(self.path)
         for folder in sorted(p for p in self.path.iterdir() if p.is_dir()):
-            self._open(folder.name, qe.EdgeShard.load(str(folder)))
+            self._open(folder.name, self._load(folder))
+
+    def _config(self, size: int) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors={"": qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)},
+            hnsw_config=qe.HnswIndexConfig(
+                m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=10_000
+            ),
+            optimizers=qe.EdgeOptimizersConfig(
+                # Segments smaller than this are searched exactly; larger ones get an HNSW index.
+                indexing_threshold=self.indexing_threshold_kb,
+                deleted_threshold=VACUUM_DELETED_FRACTION,
+                vacuum_min_vector_number=1,
+            ),
+            wal_enabled=False,
+        )
+
+    def _load(self, folder: Path) -> qe.EdgeShard:
+        """Opens a shard with this store's configuration; one with a write-ahead log is rewritten first."""
+        stored = json.loads((folder / "edge_config.json").read_text())
+        config = self._config(stored["vectors"][""]["size"])
+        if stored.get("wal_enabled") is False:
+            return qe.EdgeShard.load(str(folder), config)
+        old = qe.EdgeShard.load(str(folder))
+        rewrite = folder.with_name(folder.name + REWRITE_SUFFIX)
+        shutil.rmtree(rewrite, ignore_errors=True)
+        shard = self._create(rewrite, config)
+        offset, copied = None, 0
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=COPY_PAGE, with_payload=True, with_vector=True)
+            records, offset = old.scroll(request)
+            points = [qe.Point(r.id, [float(v) for v in as_vector(r.vector)], dict(r.payload or {})) for r in records]
+            if points:
+                shard.update(qe.UpdateOperation.upsert_points(points))
+                copied += len(points)
+            if offset is None:
+                break
+        shard.flush()
+        shard.close()
+        old.close()
+        replaced = folder.with_name(folder.name + REPLACED_SUFFIX)
+        folder.rename(replaced)
+        rewrite.rename(folder)
+        shutil.rmtree(replaced)
+        log.info("rewritten without a write-ahead log", extra={"collection": folder.name, "points": copied})
+        return qe.EdgeShard.load(str(folder), config)
 
     def _open(self, name: str, shard: qe.EdgeShard) -> _Collection:
         collection = _Collection(shard)
         self._collections[name] = collection
         info = shard.info()
         collection.unindexed = max(0, info.points_count - info.indexed_vectors_count)
-        if collection.unindexed >= self.optimize_after:
-            self._optimize_in_background(name, collection)
+        # Also vacuums what a delete before a stop or crash left in the segments.
+        self._optimize_in_background(name, collection)
         return collection
+
+    @staticmethod
+    def _create(folder: Path, config: qe.EdgeConfig) -> qe.EdgeShard:
+        shard = qe.EdgeShard.create(str(folder), config)
+        for field in KEYWORD_FIELDS:
+            params = qe.KeywordIndexParams(is_tenant=True) if field == "tenant" else qe.KeywordIndexParams()
+            shard.update(qe.UpdateOperation.create_field_index(field, params))
+        for field in INTEGER_FIELDS:
+            params = qe.IntegerIndexParams(lookup=True, range=False)
+            shard.update(qe.UpdateOperation.create_field_index(field, params))
+        shard.flush()
+        return shard
 
     def ensure_collection(self, name: str, size: int) -> None:
         with self._lock:
             if name in self._collections:
                 return
-            config = qe.EdgeConfig(
-                vectors={"": qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)},
-                hnsw_config=qe.HnswIndexConfig(
-                    m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=10_000
-                ),
-                # Segments smaller than this are searched exactly; larger ones get an HNSW index.
-                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb),
-            )
-            shard = qe.EdgeShard.create(str(self.path / name), config)
-            for field in KEYWORD_FIELDS:
-                params = qe.KeywordIndexParams(is_tenant=True) if field == "tenant" else qe.KeywordIndexParams()
-                shard.update(qe.UpdateOperation.create_field_index(field, params))
-            for field in INTEGER_FIELDS:
-                params = qe.IntegerIndexParams(lookup=True, range=False)
-                shard.update(qe.UpdateOperation.create_field_index(field, params))
-            self._open(name, shard)
+            self._open(name, self._create(self.path / name, self._config(size)))
 
     def collections(self) -> list[str]:
         return sorted(self._collections)
@@ -115,13 +181,18 @@ class EdgeFaceStore(FaceStore):
             self._optimize_in_background(name, collection)
 
     def optimize(self, name: str) -> None:
-        """Builds the HNSW index of the points added since the last optimisation."""
+        """Builds the HNSW index of the points added since the last optimisation and rewrites
+        the segments that hold deleted points without them; the files of the segments it
+        replaced are gone when it returns."""
         collection = self._get(name)
         with collection.optimize_lock:
             pending = collection.unindexed
-            collection.shard.optimize()
+            changed = collection.shard.optimize()
+            with collection.write_lock:
+                collection.shard.flush()  # removes the replaced segments
             collection.unindexed = max(0, collection.unindexed - pending)
-            log.info("optimized", extra={"collection": name, "points": pending})
+            if changed:
+                log.info("optimized", extra={"collection": name, "points": pending})
 
     def _optimize_in_background(self, name: str, collection: _Collection) -> None:
         if collection.optimize_lock.locked():
@@ -133,6 +204,25 @@ class EdgeFaceStore(FaceStore):
     def wait_for_optimizers(self) -> None:
         for thread in list(self._optimizers):
             thread.join()
+
+    def _erase_later(self, name: str, collection: _Collection, delay_s: float | None = None) -> None:
+        """Schedules the erasure of the collection's deleted points, unless one is due already."""
+        with self._lock:
+            if collection.erase_timer is None and not self._closing:
+                delay_s = self.erase_after_s if delay_s is None else delay_s
+                timer = threading.Timer(delay_s, self._erase, args=(name, collection))
+                timer.name, timer.daemon = f"erase-{name}", True
+                collection.erase_timer = timer
+                timer.start()
+
+    def _erase(self, name: str, collection: _Collection) -> None:
+        with self._lock:
+            collection.erase_timer = None  # a delete from now on is erased by the next pass
+        try:
+            self.optimize(name)
+        except Exception:
+            log.exception("erasing deleted points failed; trying again", extra={"collection": name})
+            self._erase_later(name, collection, max(self.erase_after_s, ERASE_RETRY_S))
 
     def query(
         self,
@@ -170,6 +260,8 @@ class EdgeFaceStore(FaceStore):
             if matching:
                 collection.shard.update(qe.UpdateOperation.delete_points_by_filter(_filter(conditions)))
                 collection.shard.flush()
+        if matching:
+            self._erase_later(name, collection)
         return matching
 
     def count(self, name: str, conditions: Conditions) -> int:
@@ -187,12 +279,35 @@ class EdgeFaceStore(FaceStore):
         return faces, None if next_offset is None else str(next_offset)
 
     def close(self) -> None:
+        """Erases the deleted points still waiting for it, then flushes and closes every shard."""
+        with self._lock:
+            self._closing = True
+        for name, collection in list(self._collections.items()):
+            timer = collection.erase_timer
+            if timer is not None:
+                timer.cancel()
+                timer.join()
+                if collection.erase_timer is timer:  # it had not started
+                    collection.erase_timer = None
+                    self.optimize(name)
         self.wait_for_optimizers()
         for collection in self._collections.values():
             with collection.write_lock:
                 collection.shard.flush()
                 collection.shard.close()
         self._collections.clear()
+
+
+def _finish_rewrites(path: Path) -> None:
+    """Completes or undoes what a rewrite interrupted by a crash left behind."""
+    for replaced in path.glob(f"*{REPLACED_SUFFIX}"):
+        folder = replaced.with_name(replaced.name.removesuffix(REPLACED_SUFFIX))
+        if folder.exists():
+            shutil.rmtree(replaced)
+        else:
+            replaced.rename(folder)
+    for rewrite in path.glob(f"*{REWRITE_SUFFIX}"):
+        shutil.rmtree(rewrite)
 
 
 def _filter(conditions: Conditions) -> qe.Filter | None:

@@ -18,5 +18,6 @@ def create_store(settings: SearchSettings) -> FaceStore:
         settings.path,
         optimize_after=settings.optimize_after,
         indexing_threshold_kb=settings.indexing_threshold_kb,
+        erase_after_s=settings.erase_after_s,
         **hnsw,
     )

@@ -6,6 +6,12 @@ The search service calls a store from several threads. Creating a collection is 
 then a create, so it is done under a lock (two first upserts of a model at once would
 otherwise both create it, and the second would drop what the first stored); and the local
 mode, which is plain Python without locks of its own, takes every call under that lock.
+
+Deleting erases in the local mode on disk: each collection is an SQLite file, whose
+connection is set to ``secure_delete`` (SQLite overwrites a deleted row with zeros as it
+deletes it, instead of leaving it in a free page). A Qdrant server keeps deleted points in
+its segments until its own optimizers vacuum them and in its write-ahead log until that
+rolls over: that is the server's configuration, not this client's.
 """
 
 from __future__ import annotations
@@ -51,6 +57,17 @@ class QdrantFaceStore(FaceStore):
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construct = hnsw_ef_construct
         self.hnsw_ef = hnsw_ef
+        for name in self.collections():
+            self._erase_on_delete(name)
+
+    def _erase_on_delete(self, name: str) -> None:
+        """Local mode on disk: SQLite zeroes what the collection's file deletes from now on,
+        and a vacuum rewrites the file without what was deleted before."""
+        collections = getattr(getattr(self.client, "_client", None), "collections", {})
+        persistence = getattr(collections.get(name), "storage", None)
+        if persistence is not None:
+            persistence.storage.execute("PRAGMA secure_delete = ON")
+            persistence.storage.execute("VACUUM")
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -65,6 +82,7 @@ class QdrantFaceStore(FaceStore):
         with self._lock:
             if not self.client.collection_exists(name):
                 self._create_collection(name, size)
+                self._erase_on_delete(name)
 
     def _create_collection(self, name: str, size: int) -> None:
         self.client.create_collection(

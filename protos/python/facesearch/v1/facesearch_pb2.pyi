@@ -18,6 +18,19 @@ class PhotoStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHOTO_STATUS_INVALID: _ClassVar[PhotoStatus]
     PHOTO_STATUS_FAILED: _ClassVar[PhotoStatus]
     PHOTO_STATUS_ENROLLED: _ClassVar[PhotoStatus]
+
+class PeopleMatch(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PEOPLE_MATCH_UNSPECIFIED: _ClassVar[PeopleMatch]
+    PEOPLE_MATCH_ANY: _ClassVar[PeopleMatch]
+    PEOPLE_MATCH_ALL: _ClassVar[PeopleMatch]
+
+class ClusteringState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLUSTERING_STATE_UNSPECIFIED: _ClassVar[ClusteringState]
+    CLUSTERING_STATE_RUNNING: _ClassVar[ClusteringState]
+    CLUSTERING_STATE_DONE: _ClassVar[ClusteringState]
+    CLUSTERING_STATE_FAILED: _ClassVar[ClusteringState]
 PHOTO_STATUS_UNSPECIFIED: PhotoStatus
 PHOTO_STATUS_INDEXED: PhotoStatus
 PHOTO_STATUS_DUPLICATE: PhotoStatus
@@ -26,6 +39,13 @@ PHOTO_STATUS_MULTIPLE_FACES: PhotoStatus
 PHOTO_STATUS_INVALID: PhotoStatus
 PHOTO_STATUS_FAILED: PhotoStatus
 PHOTO_STATUS_ENROLLED: PhotoStatus
+PEOPLE_MATCH_UNSPECIFIED: PeopleMatch
+PEOPLE_MATCH_ANY: PeopleMatch
+PEOPLE_MATCH_ALL: PeopleMatch
+CLUSTERING_STATE_UNSPECIFIED: ClusteringState
+CLUSTERING_STATE_RUNNING: ClusteringState
+CLUSTERING_STATE_DONE: ClusteringState
+CLUSTERING_STATE_FAILED: ClusteringState
 
 class Photo(_message.Message):
     __slots__ = ("id", "uri", "content", "metadata")
@@ -169,32 +189,38 @@ class IdentifyResponse(_message.Message):
     def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ...) -> None: ...
 
 class FindMeRequest(_message.Message):
-    __slots__ = ("references", "person_id", "similarity_threshold", "limit", "page_token")
+    __slots__ = ("references", "person_id", "similarity_threshold", "limit", "page_token", "person_ids", "people_match")
     REFERENCES_FIELD_NUMBER: _ClassVar[int]
     PERSON_ID_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
+    PEOPLE_MATCH_FIELD_NUMBER: _ClassVar[int]
     references: _containers.RepeatedCompositeFieldContainer[Photo]
     person_id: str
     similarity_threshold: float
     limit: int
     page_token: str
-    def __init__(self, references: _Optional[_Iterable[_Union[Photo, _Mapping]]] = ..., person_id: _Optional[str] = ..., similarity_threshold: _Optional[float] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    person_ids: _containers.RepeatedScalarFieldContainer[str]
+    people_match: PeopleMatch
+    def __init__(self, references: _Optional[_Iterable[_Union[Photo, _Mapping]]] = ..., person_id: _Optional[str] = ..., similarity_threshold: _Optional[float] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., person_ids: _Optional[_Iterable[str]] = ..., people_match: _Optional[_Union[PeopleMatch, str]] = ...) -> None: ...
 
 class PhotoMatch(_message.Message):
-    __slots__ = ("photo_id", "photo_uri", "box", "face_index", "similarity")
+    __slots__ = ("photo_id", "photo_uri", "box", "face_index", "similarity", "person_ids")
     PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
     PHOTO_URI_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
     photo_id: str
     photo_uri: str
     box: _common_pb2.BoundingBox
     face_index: int
     similarity: float
-    def __init__(self, photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., face_index: _Optional[int] = ..., similarity: _Optional[float] = ...) -> None: ...
+    person_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., face_index: _Optional[int] = ..., similarity: _Optional[float] = ..., person_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FindMeResponse(_message.Message):
     __slots__ = ("matches", "next_page_token", "settings")
@@ -231,22 +257,30 @@ class DeletePhotoResponse(_message.Message):
     def __init__(self, faces_deleted: _Optional[int] = ...) -> None: ...
 
 class ListPeopleRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "include_hidden")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HIDDEN_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    include_hidden: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_hidden: _Optional[bool] = ...) -> None: ...
 
 class Person(_message.Message):
-    __slots__ = ("person_id", "display_name", "reference_faces")
+    __slots__ = ("person_id", "display_name", "reference_faces", "archive_faces", "hidden", "representative")
     PERSON_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FACES_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_FACES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVE_FIELD_NUMBER: _ClassVar[int]
     person_id: str
     display_name: str
     reference_faces: int
-    def __init__(self, person_id: _Optional[str] = ..., display_name: _Optional[str] = ..., reference_faces: _Optional[int] = ...) -> None: ...
+    archive_faces: int
+    hidden: bool
+    representative: FaceRef
+    def __init__(self, person_id: _Optional[str] = ..., display_name: _Optional[str] = ..., reference_faces: _Optional[int] = ..., archive_faces: _Optional[int] = ..., hidden: _Optional[bool] = ..., representative: _Optional[_Union[FaceRef, _Mapping]] = ...) -> None: ...
 
 class ListPeopleResponse(_message.Message):
     __slots__ = ("people", "next_page_token")
@@ -257,38 +291,210 @@ class ListPeopleResponse(_message.Message):
     def __init__(self, people: _Optional[_Iterable[_Union[Person, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ClusterFacesRequest(_message.Message):
-    __slots__ = ("similarity_threshold", "min_cluster_size")
-    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("min_cluster_size", "page_size", "page_token", "faces_per_cluster", "include_named")
     MIN_CLUSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
-    similarity_threshold: float
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FACES_PER_CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_NAMED_FIELD_NUMBER: _ClassVar[int]
     min_cluster_size: int
-    def __init__(self, similarity_threshold: _Optional[float] = ..., min_cluster_size: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    faces_per_cluster: int
+    include_named: bool
+    def __init__(self, min_cluster_size: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., faces_per_cluster: _Optional[int] = ..., include_named: _Optional[bool] = ...) -> None: ...
 
 class FaceRef(_message.Message):
-    __slots__ = ("photo_id", "face_index", "box")
+    __slots__ = ("photo_id", "face_index", "box", "face_id", "photo_uri", "reference")
     PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
     FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
+    FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_URI_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     photo_id: str
     face_index: int
     box: _common_pb2.BoundingBox
-    def __init__(self, photo_id: _Optional[str] = ..., face_index: _Optional[int] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ...) -> None: ...
+    face_id: str
+    photo_uri: str
+    reference: bool
+    def __init__(self, photo_id: _Optional[str] = ..., face_index: _Optional[int] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., face_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., reference: _Optional[bool] = ...) -> None: ...
 
 class FaceCluster(_message.Message):
-    __slots__ = ("cluster_id", "faces", "person_id")
+    __slots__ = ("cluster_id", "faces", "person_id", "face_count", "display_name")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
     PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     faces: _containers.RepeatedCompositeFieldContainer[FaceRef]
     person_id: str
-    def __init__(self, cluster_id: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[FaceRef, _Mapping]]] = ..., person_id: _Optional[str] = ...) -> None: ...
+    face_count: int
+    display_name: str
+    def __init__(self, cluster_id: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[FaceRef, _Mapping]]] = ..., person_id: _Optional[str] = ..., face_count: _Optional[int] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class ClusterFacesResponse(_message.Message):
-    __slots__ = ("clusters",)
+    __slots__ = ("clusters", "next_page_token", "status")
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     clusters: _containers.RepeatedCompositeFieldContainer[FaceCluster]
-    def __init__(self, clusters: _Optional[_Iterable[_Union[FaceCluster, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    status: ClusteringStatus
+    def __init__(self, clusters: _Optional[_Iterable[_Union[FaceCluster, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., status: _Optional[_Union[ClusteringStatus, _Mapping]] = ...) -> None: ...
+
+class StartClusteringRequest(_message.Message):
+    __slots__ = ("full",)
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    def __init__(self, full: _Optional[bool] = ...) -> None: ...
+
+class StartClusteringResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: ClusteringStatus
+    def __init__(self, status: _Optional[_Union[ClusteringStatus, _Mapping]] = ...) -> None: ...
+
+class GetClusteringStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetClusteringStatusResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: ClusteringStatus
+    def __init__(self, status: _Optional[_Union[ClusteringStatus, _Mapping]] = ...) -> None: ...
+
+class ClusteringStatus(_message.Message):
+    __slots__ = ("state", "run", "full", "faces_to_do", "faces_done", "clustered_faces", "unclustered_faces", "clusters", "error", "seconds")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    FACES_TO_DO_FIELD_NUMBER: _ClassVar[int]
+    FACES_DONE_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERED_FACES_FIELD_NUMBER: _ClassVar[int]
+    UNCLUSTERED_FACES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    state: ClusteringState
+    run: int
+    full: bool
+    faces_to_do: int
+    faces_done: int
+    clustered_faces: int
+    unclustered_faces: int
+    clusters: int
+    error: str
+    seconds: float
+    def __init__(self, state: _Optional[_Union[ClusteringState, str]] = ..., run: _Optional[int] = ..., full: _Optional[bool] = ..., faces_to_do: _Optional[int] = ..., faces_done: _Optional[int] = ..., clustered_faces: _Optional[int] = ..., unclustered_faces: _Optional[int] = ..., clusters: _Optional[int] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class NameClusterRequest(_message.Message):
+    __slots__ = ("cluster_id", "person_id", "display_name")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    person_id: str
+    display_name: str
+    def __init__(self, cluster_id: _Optional[str] = ..., person_id: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
+
+class NameClusterResponse(_message.Message):
+    __slots__ = ("person",)
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class RenamePersonRequest(_message.Message):
+    __slots__ = ("person_id", "display_name")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    display_name: str
+    def __init__(self, person_id: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
+
+class RenamePersonResponse(_message.Message):
+    __slots__ = ("person",)
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class MergePeopleRequest(_message.Message):
+    __slots__ = ("person_id", "merged_person_ids")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    MERGED_PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    merged_person_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, person_id: _Optional[str] = ..., merged_person_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MergePeopleResponse(_message.Message):
+    __slots__ = ("person",)
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class AssignFaceRequest(_message.Message):
+    __slots__ = ("face_id", "person_id")
+    FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    face_id: str
+    person_id: str
+    def __init__(self, face_id: _Optional[str] = ..., person_id: _Optional[str] = ...) -> None: ...
+
+class AssignFaceResponse(_message.Message):
+    __slots__ = ("face", "person_id")
+    FACE_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    face: FaceRef
+    person_id: str
+    def __init__(self, face: _Optional[_Union[FaceRef, _Mapping]] = ..., person_id: _Optional[str] = ...) -> None: ...
+
+class RejectFaceRequest(_message.Message):
+    __slots__ = ("face_id", "person_id")
+    FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    face_id: str
+    person_id: str
+    def __init__(self, face_id: _Optional[str] = ..., person_id: _Optional[str] = ...) -> None: ...
+
+class RejectFaceResponse(_message.Message):
+    __slots__ = ("face",)
+    FACE_FIELD_NUMBER: _ClassVar[int]
+    face: FaceRef
+    def __init__(self, face: _Optional[_Union[FaceRef, _Mapping]] = ...) -> None: ...
+
+class HidePersonRequest(_message.Message):
+    __slots__ = ("person_id", "hidden")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    hidden: bool
+    def __init__(self, person_id: _Optional[str] = ..., hidden: _Optional[bool] = ...) -> None: ...
+
+class HidePersonResponse(_message.Message):
+    __slots__ = ("person",)
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class ListPersonFacesRequest(_message.Message):
+    __slots__ = ("person_id", "page_size", "page_token")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, person_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPersonFacesResponse(_message.Message):
+    __slots__ = ("faces", "next_page_token")
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    faces: _containers.RepeatedCompositeFieldContainer[FaceRef]
+    next_page_token: str
+    def __init__(self, faces: _Optional[_Iterable[_Union[FaceRef, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

@@ -82,6 +82,51 @@ class FaceSearchStub:
                 request_serializer=facesearch_dot_v1_dot_facesearch__pb2.ClusterFacesRequest.SerializeToString,
                 response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ClusterFacesResponse.FromString,
                 _registered_method=True)
+        self.StartClustering = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/StartClustering',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.StartClusteringRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.StartClusteringResponse.FromString,
+                _registered_method=True)
+        self.GetClusteringStatus = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/GetClusteringStatus',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.GetClusteringStatusRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.GetClusteringStatusResponse.FromString,
+                _registered_method=True)
+        self.NameCluster = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/NameCluster',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.NameClusterRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.NameClusterResponse.FromString,
+                _registered_method=True)
+        self.RenamePerson = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/RenamePerson',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.RenamePersonRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.RenamePersonResponse.FromString,
+                _registered_method=True)
+        self.MergePeople = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/MergePeople',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.MergePeopleRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.MergePeopleResponse.FromString,
+                _registered_method=True)
+        self.AssignFace = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/AssignFace',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.AssignFaceRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.AssignFaceResponse.FromString,
+                _registered_method=True)
+        self.RejectFace = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/RejectFace',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.RejectFaceRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.RejectFaceResponse.FromString,
+                _registered_method=True)
+        self.HidePerson = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/HidePerson',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.HidePersonRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.HidePersonResponse.FromString,
+                _registered_method=True)
+        self.ListPersonFaces = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/ListPersonFaces',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.ListPersonFacesRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ListPersonFacesResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/facesearch.v1.FaceSearch/Stats',
                 request_serializer=facesearch_dot_v1_dot_facesearch__pb2.StatsRequest.SerializeToString,
@@ -132,7 +177,8 @@ class FaceSearchServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeletePerson(self, request, context):
-        """Deletes an enrolled person and every face labelled with them.
+        """Deletes a person's reference faces; their faces of the archive stay,
+        assigned to nobody.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,7 +199,73 @@ class FaceSearchServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClusterFaces(self, request, context):
-        """Groups the indexed faces that belong to the same, possibly unnamed, person.
+        """Lists the stored clusters of faces of one, possibly unnamed, person, page by page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartClustering(self, request, context):
+        """Starts clustering the faces indexed since the last run (or all of them) in
+        the background; answers at once with the run's status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClusteringStatus(self, request, context):
+        """The clustering run in progress, or the last one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NameCluster(self, request, context):
+        """Names a cluster: it becomes a person (a new one, or an enrolled one), its
+        faces their references and their faces in the archive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenamePerson(self, request, context):
+        """Gives a person another display name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergePeople(self, request, context):
+        """Makes several people one: their faces become the first one's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignFace(self, request, context):
+        """Moves an indexed face to a person, or detaches it from anyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectFace(self, request, context):
+        """"Not this person": detaches a face from a person for good; it never joins
+        them again, also after a re-cluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HidePerson(self, request, context):
+        """Hides a person from ListPeople (or shows them again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPersonFaces(self, request, context):
+        """A person's faces: their references and their faces in the archive.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,6 +325,51 @@ def add_FaceSearchServicer_to_server(servicer, server):
                     servicer.ClusterFaces,
                     request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ClusterFacesRequest.FromString,
                     response_serializer=facesearch_dot_v1_dot_facesearch__pb2.ClusterFacesResponse.SerializeToString,
+            ),
+            'StartClustering': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartClustering,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.StartClusteringRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.StartClusteringResponse.SerializeToString,
+            ),
+            'GetClusteringStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusteringStatus,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.GetClusteringStatusRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.GetClusteringStatusResponse.SerializeToString,
+            ),
+            'NameCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.NameCluster,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.NameClusterRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.NameClusterResponse.SerializeToString,
+            ),
+            'RenamePerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenamePerson,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.RenamePersonRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.RenamePersonResponse.SerializeToString,
+            ),
+            'MergePeople': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergePeople,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.MergePeopleRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.MergePeopleResponse.SerializeToString,
+            ),
+            'AssignFace': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignFace,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.AssignFaceRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.AssignFaceResponse.SerializeToString,
+            ),
+            'RejectFace': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectFace,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.RejectFaceRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.RejectFaceResponse.SerializeToString,
+            ),
+            'HidePerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.HidePerson,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.HidePersonRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.HidePersonResponse.SerializeToString,
+            ),
+            'ListPersonFaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPersonFaces,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ListPersonFacesRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.ListPersonFacesResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -466,6 +623,249 @@ class FaceSearch:
             '/facesearch.v1.FaceSearch/ClusterFaces',
             facesearch_dot_v1_dot_facesearch__pb2.ClusterFacesRequest.SerializeToString,
             facesearch_dot_v1_dot_facesearch__pb2.ClusterFacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartClustering(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/StartClustering',
+            facesearch_dot_v1_dot_facesearch__pb2.StartClusteringRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.StartClusteringResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusteringStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/GetClusteringStatus',
+            facesearch_dot_v1_dot_facesearch__pb2.GetClusteringStatusRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.GetClusteringStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NameCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/NameCluster',
+            facesearch_dot_v1_dot_facesearch__pb2.NameClusterRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.NameClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenamePerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/RenamePerson',
+            facesearch_dot_v1_dot_facesearch__pb2.RenamePersonRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.RenamePersonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergePeople(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/MergePeople',
+            facesearch_dot_v1_dot_facesearch__pb2.MergePeopleRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.MergePeopleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignFace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/AssignFace',
+            facesearch_dot_v1_dot_facesearch__pb2.AssignFaceRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.AssignFaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectFace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/RejectFace',
+            facesearch_dot_v1_dot_facesearch__pb2.RejectFaceRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.RejectFaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HidePerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/HidePerson',
+            facesearch_dot_v1_dot_facesearch__pb2.HidePersonRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.HidePersonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPersonFaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/ListPersonFaces',
+            facesearch_dot_v1_dot_facesearch__pb2.ListPersonFacesRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.ListPersonFacesResponse.FromString,
             options,
             channel_credentials,
             insecure,

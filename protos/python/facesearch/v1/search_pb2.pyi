@@ -21,7 +21,7 @@ FACE_SOURCE_GALLERY: FaceSource
 FACE_SOURCE_ENROLLMENT: FaceSource
 
 class FacePayload(_message.Message):
-    __slots__ = ("tenant", "photo_id", "photo_uri", "photo_hash", "face_index", "box", "confidence", "quality", "person_id", "source", "model_id", "indexed_at", "metadata", "person_name")
+    __slots__ = ("tenant", "photo_id", "photo_uri", "photo_hash", "face_index", "box", "confidence", "quality", "person_id", "source", "model_id", "indexed_at", "metadata", "person_name", "cluster_id", "not_person_ids", "cluster_run", "person_hidden", "cluster_core")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,11 @@ class FacePayload(_message.Message):
     INDEXED_AT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PERSON_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_RUN_FIELD_NUMBER: _ClassVar[int]
+    PERSON_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_CORE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     photo_id: str
     photo_uri: str
@@ -57,7 +62,12 @@ class FacePayload(_message.Message):
     indexed_at: _timestamp_pb2.Timestamp
     metadata: _containers.ScalarMap[str, str]
     person_name: str
-    def __init__(self, tenant: _Optional[str] = ..., photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., photo_hash: _Optional[str] = ..., face_index: _Optional[int] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., confidence: _Optional[float] = ..., quality: _Optional[_Union[_common_pb2.FaceQuality, _Mapping]] = ..., person_id: _Optional[str] = ..., source: _Optional[_Union[FaceSource, str]] = ..., model_id: _Optional[str] = ..., indexed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., person_name: _Optional[str] = ...) -> None: ...
+    cluster_id: str
+    not_person_ids: _containers.RepeatedScalarFieldContainer[str]
+    cluster_run: int
+    person_hidden: bool
+    cluster_core: bool
+    def __init__(self, tenant: _Optional[str] = ..., photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., photo_hash: _Optional[str] = ..., face_index: _Optional[int] = ..., box: _Optional[_Union[_common_pb2.BoundingBox, _Mapping]] = ..., confidence: _Optional[float] = ..., quality: _Optional[_Union[_common_pb2.FaceQuality, _Mapping]] = ..., person_id: _Optional[str] = ..., source: _Optional[_Union[FaceSource, str]] = ..., model_id: _Optional[str] = ..., indexed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., person_name: _Optional[str] = ..., cluster_id: _Optional[str] = ..., not_person_ids: _Optional[_Iterable[str]] = ..., cluster_run: _Optional[int] = ..., person_hidden: _Optional[bool] = ..., cluster_core: _Optional[bool] = ...) -> None: ...
 
 class FaceRecord(_message.Message):
     __slots__ = ("id", "vector", "payload")
@@ -70,18 +80,24 @@ class FaceRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., payload: _Optional[_Union[FacePayload, _Mapping]] = ...) -> None: ...
 
 class FaceFilter(_message.Message):
-    __slots__ = ("person_ids", "photo_ids", "source", "photo_hashes", "face_index")
+    __slots__ = ("person_ids", "photo_ids", "source", "photo_hashes", "face_index", "cluster_ids", "cluster_run", "face_ids")
     PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
     PHOTO_IDS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PHOTO_HASHES_FIELD_NUMBER: _ClassVar[int]
     FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_IDS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_RUN_FIELD_NUMBER: _ClassVar[int]
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
     person_ids: _containers.RepeatedScalarFieldContainer[str]
     photo_ids: _containers.RepeatedScalarFieldContainer[str]
     source: FaceSource
     photo_hashes: _containers.RepeatedScalarFieldContainer[str]
     face_index: int
-    def __init__(self, person_ids: _Optional[_Iterable[str]] = ..., photo_ids: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[FaceSource, str]] = ..., photo_hashes: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ...) -> None: ...
+    cluster_ids: _containers.RepeatedScalarFieldContainer[str]
+    cluster_run: int
+    face_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, person_ids: _Optional[_Iterable[str]] = ..., photo_ids: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[FaceSource, str]] = ..., photo_hashes: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ..., cluster_ids: _Optional[_Iterable[str]] = ..., cluster_run: _Optional[int] = ..., face_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("tenant", "model", "faces")
