@@ -29,6 +29,7 @@ format: venv
 ## (The search benchmark at 1M points: $(PY) -m bench.search_latency --points 1000000, about an hour.)
 bench: venv
 	$(PY) -m bench.detector_throughput
+	$(PY) -m bench.detector_backends
 	$(PY) -m bench.rotated_photos
 	$(PY) -m bench.embedder_throughput
 	$(PY) -m bench.search_latency --points 100000
@@ -36,6 +37,8 @@ bench: venv
 	$(PY) -m bench.load_test
 	$(PY) -m bench.threshold_calibration
 	$(PY) -m bench.crop_geometry
+	$(PY) -m bench.clustering --sizes 10000 100000
+	$(PY) -m bench.backfill_throughput
 	$(PY) -m bench.recognition_evaluation
 	$(PY) -m bench.recognition_evaluation --weights dlib
 

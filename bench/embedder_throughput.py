@@ -3,7 +3,7 @@
 Everything runs on this machine, in this order:
 
 1. Crops: the project's detector (MTCNN, default settings, in a spawned child process) on
-   every photo listed in the data folder's labels.json; its aligned 160 x 160 crops,
+   every photo listed in the data folder's labels.json; its 160 x 160 crops (as the model takes them),
    repeated to ``--faces`` faces.
 2. Models: ``prepare_models`` (the project's provisioning) writes the ``--flavour`` model
    repository into a temporary folder (or ``--repository``).
@@ -722,7 +722,7 @@ def markdown(result: dict) -> str:
         "",
         quiet_remark(measurements(result), result.get("quiet_percent")),
         "",
-        f"Crops: {crops['crops']} aligned 160 x 160 crops that the detector found in {crops['photos']} photos "
+        f"Crops: {crops['crops']} 160 x 160 crops that the detector found in {crops['photos']} photos "
         f"({crops['data']}), repeated to {result['faces']} faces per measurement; requests of "
         f"{result['faces_per_request']} face(s) from one `TritonEmbedder` client (max_in_flight = the concurrency). "
         f"{len(result['passes'])} pass(es); every figure below is one pass. Flavour `{result['flavour']}` "

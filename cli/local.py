@@ -29,7 +29,8 @@ def up(_args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     for service in suite.services:
         print(
-            f"  {service.name:<10} grpc {service.address}   metrics http://127.0.0.1:{service.metrics_port}/metrics"
+            f"  {service.name:<10} {'http://' if service.name == 'web' else 'grpc '}{service.address}"
+            f"   metrics http://127.0.0.1:{service.metrics_port}/metrics"
             f"{service.extra}",
             file=sys.stderr,
         )

@@ -9,7 +9,8 @@ work is done by a handler in the module named after what it talks to:
 - ``cli.calibrate``: the gateway, on labelled photos (``calibrate``);
 - ``cli.evaluate``: the gateway, on labelled photos (``eval``);
 - ``cli.train``: fine-tuning on labelled photos, in this process (``train``);
-- ``cli.keys``: the gateway's API keys file (``keys add``).
+- ``cli.keys``: the gateway's API keys file (``keys add``);
+- ``cli.web``: the web pages, a client of the gateway (``web``).
 
 Exit statuses: ``cli.exit_status``.
 """
@@ -20,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli import archive, local, people
+from cli import archive, k8s, local, people
 from cli.archive import API_KEY_VARIABLE
 from cli.backfill import backfill as backfill_archive
 from cli.calibrate import calibrate_threshold
@@ -28,6 +29,7 @@ from cli.detect import detect as detect_photos
 from cli.evaluate import run as evaluate_run
 from cli.keys import keys_add
 from cli.train import train as train_model
+from cli.web import web as web_pages
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE
 from gateway.settings import LOCAL_THRESHOLDS_FILE
 from services.embedder.serving.flavours import FLAVOURS
@@ -246,6 +248,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="no evaluation: one HTML page of these result files side by side",
     )
     evaluate.set_defaults(handler=evaluate_run)
+
+    k8s.add_commands(commands)
+
+    # --- the web pages -----------------------------------------------------------------------
+    pages = commands.add_parser(
+        "web",
+        help="serve the web pages (find me, people, clusters) for a tenant of the gateway",
+        description="serve the web pages (find me, people, clusters) for a tenant of the gateway; options "
+        "not given come from FACESEARCH_WEB_* settings (docs/web.md)",
+    )
+    pages.add_argument("--address", default=None, help="gateway address (default 127.0.0.1:50050)")
+    pages.add_argument(
+        "--api-key",
+        default=None,
+        help=f"the tenant's API key (default: ${API_KEY_VARIABLE}, else {LOCAL_KEY_FILE} written by `facesearch up`)",
+    )
+    pages.add_argument("--host", default=None, help="address to serve on (default 127.0.0.1)")
+    pages.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
+    pages.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder photos are served from (repeatable); photos elsewhere are not shown",
+    )
+    pages.set_defaults(handler=web_pages)
 
     # --- API keys ------------------------------------------------------------------------------
     keys = commands.add_parser("keys", help="API keys of the gateway")

