@@ -141,7 +141,7 @@ class Backfill:
     def _work(self, batches: queue.Queue, errors: list[Exception]) -> None:
         try:
             while (chunk := batches.get()) is not END:
-                if not errors:
+                if not errors and not self.stop.is_set():  # once stopped, queued batches are not sent
                     self._send(self.client, chunk)
         except Exception as error:  # the walk stops; run() raises it
             log.exception("backfill worker failed")
