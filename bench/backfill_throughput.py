@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from PIL import Image
 from backfill.journal import Journal
 from backfill.runner import Backfill
 from backfill.sources import directory
-from bench.report import DEFAULT_DATA, REPO, RESULTS, LoadMeter, heading, machine_facts, write_results
+from bench.report import DEFAULT_DATA, REPO, RESULTS, heading, measured
 from cli.archive import _photos_under
 from evaluation.calibration import load_labels
 from facesearch.v1 import facesearch_pb2
@@ -171,16 +170,12 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=REPO / "var" / "models", help="model repository")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = parser.parse_args()
-    meter = LoadMeter()
-    meter.start()
-    with tempfile.TemporaryDirectory(prefix="facesearch-backfill-") as work:
-        result = run(args.data, args.copies, args.models, Path(work))
-    result["load"] = meter.summary()
-    meter.stop()
-    result["command"] = " ".join(["python -m bench.backfill_throughput", *sys.argv[1:]])
-    result["machine"] = machine_facts(["grpcio", "torch", "onnxruntime"])
-    _, md_path = write_results(args.out, "backfill_throughput", result, markdown)
-    print(md_path.read_text())
+
+    def measure() -> dict:
+        with tempfile.TemporaryDirectory(prefix="facesearch-backfill-") as work:
+            return run(args.data, args.copies, args.models, Path(work))
+
+    measured("backfill_throughput", measure, ["grpcio", "torch", "onnxruntime"], args.out, markdown)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 import uuid
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from bench.report import DEFAULT_DATA, REPO, RESULTS, LoadMeter, heading, machine_facts, write_results
+from bench.report import DEFAULT_DATA, REPO, RESULTS, heading, measured
 from bench.search_latency import SIZE, face_vectors
 from evaluation.calibration import GENUINE, IMPOSTOR, found_faces, load_labels, pair_kind
 from facesearch.v1 import common_pb2, search_pb2
@@ -379,23 +378,20 @@ def main() -> None:
     parser.add_argument("--skip-labelled", action="store_true", help="the synthetic part only")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = parser.parse_args()
-    meter = LoadMeter()
-    meter.start()
-    result: dict = {"data": str(args.data)}
-    with tempfile.TemporaryDirectory(prefix="facesearch-clustering-") as work:
-        if not args.skip_labelled:
-            result["labelled"] = labelled(args.data, args.models, Path(work))
-            print(result["labelled"]["served"], flush=True)
-        result["synthetic"] = []
-        for size in args.sizes:
-            result["synthetic"].append(asyncio.run(synthetic(size, Path(work))))
-            print(result["synthetic"][-1], flush=True)
-    result["load"] = meter.summary()
-    meter.stop()
-    result["command"] = " ".join(["python -m bench.clustering", *sys.argv[1:]])
-    result["machine"] = machine_facts(["numpy", "qdrant-edge-py", "grpcio"])
-    _, md_path = write_results(args.out, "clustering", result, markdown)
-    print(md_path.read_text())
+
+    def measure() -> dict:
+        result: dict = {"data": str(args.data)}
+        with tempfile.TemporaryDirectory(prefix="facesearch-clustering-") as work:
+            if not args.skip_labelled:
+                result["labelled"] = labelled(args.data, args.models, Path(work))
+                print(result["labelled"]["served"], flush=True)
+            result["synthetic"] = []
+            for size in args.sizes:
+                result["synthetic"].append(asyncio.run(synthetic(size, Path(work))))
+                print(result["synthetic"][-1], flush=True)
+        return result
+
+    measured("clustering", measure, ["numpy", "qdrant-edge-py", "grpcio"], args.out, markdown)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.report import DEFAULT_DATA, REPO, RESULTS, LoadMeter, heading, machine_facts, write_results
+from bench.report import DEFAULT_DATA, REPO, RESULTS, heading, measured
 from evaluation.calibration import FoundFace, LabelledPhoto, calibrate, found_faces, labelled_pairs, load_labels
 from evaluation.measures import roc_auc, threshold_at_far
 from evaluation.recognition import findme_scores, findme_targets
@@ -228,15 +227,8 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=REPO / "var" / "models", help="model repository")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = parser.parse_args()
-    meter = LoadMeter()
-    meter.start()
-    result = run(args.data, args.models)
-    result["load"] = meter.summary()
-    meter.stop()
-    result["command"] = " ".join(["python -m bench.crop_geometry", *sys.argv[1:]])
-    result["machine"] = machine_facts(["torch", "onnxruntime", "numpy"])
-    _, md_path = write_results(args.out, "crop_geometry", result, markdown)
-    print(md_path.read_text())
+    packages = ["torch", "onnxruntime", "numpy"]
+    measured("crop_geometry", lambda: run(args.data, args.models), packages, args.out, markdown)
 
 
 if __name__ == "__main__":

@@ -447,6 +447,26 @@ def write_results(out: Path, name: str, result: dict, render: Callable[[dict], s
     return json_path, md_path
 
 
+def measured(
+    name: str, measure: Callable[[], dict], packages: Iterable[str], out: Path, render: Callable[[dict], str]
+) -> Path:
+    """Runs ``measure`` under a ``LoadMeter``, adds the load, the command line (``python -m
+    bench.NAME ...``) and the machine to its result, writes ``<out>/<name>.{json,md}``, prints
+    the markdown and returns its path."""
+    meter = LoadMeter()
+    meter.start()
+    try:
+        result = measure()
+        result["load"] = meter.summary()
+    finally:
+        meter.stop()
+    result["command"] = " ".join([f"python -m bench.{name}", *sys.argv[1:]])
+    result["machine"] = machine_facts(packages)
+    _, md_path = write_results(out, name, result, render)
+    print(md_path.read_text())
+    return md_path
+
+
 def render_again(json_path: Path, render: Callable[[dict], str]) -> Path:
     """Rewrites the markdown beside a results JSON file from it (after a change of layout)."""
     md_path = json_path.with_suffix(".md")

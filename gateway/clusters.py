@@ -15,11 +15,12 @@ import time
 from collections import Counter, defaultdict
 
 from facesearch.v1 import facesearch_pb2, search_pb2
+from gateway import paging
 from gateway.clustering import GALLERY, ClusteringRun, RunCounts
 from gateway.dependencies import Dependencies
 from gateway.errors import invalid
 from services.runtime.deadlines import Deadline
-from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
+from services.runtime.page_tokens import PageTokens, query_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -130,20 +131,13 @@ class Clusters:
     ) -> facesearch_pb2.ClusterFacesResponse:
         """The stored clusters, largest first, one page of them."""
         min_size = request.min_cluster_size or 2
-        size = request.page_size or DEFAULT_PAGE_SIZE
-        per_cluster = request.faces_per_cluster or DEFAULT_FACES_PER_CLUSTER
         limit = self.deps.settings.max_page_size
         if min_size < 1:
             raise invalid(f"min_cluster_size must be at least 1, got {min_size}")
-        if not 1 <= size <= limit:
-            raise invalid(f"page_size must be in [1, {limit}], got {size}")
-        if not 1 <= per_cluster <= limit:
-            raise invalid(f"faces_per_cluster must be in [1, {limit}], got {per_cluster}")
+        size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, limit)
+        per_cluster = paging.page_size(request.faces_per_cluster, DEFAULT_FACES_PER_CLUSTER, limit, "faces_per_cluster")
         query = query_fingerprint("ClusterFaces", tenant, min_size, request.include_named)
-        try:
-            offset = self.tokens.read_offset(request.page_token, query)
-        except InvalidPageToken as error:
-            raise invalid(str(error)) from None
+        start = paging.page_start(self.tokens, request.page_token, query)
         members: dict[str, list[search_pb2.FaceRecord]] = defaultdict(list)
         for face in await self._clustered(tenant, deadline):
             members[face.payload.cluster_id].append(face)
@@ -154,7 +148,7 @@ class Clusters:
                 continue
             clusters.append((cluster_id, faces, named))
         clusters.sort(key=lambda c: (-len(c[1]), c[0]))
-        chosen = clusters[offset : offset + size]
+        chosen, token = paging.one_page(clusters, start, size, self.tokens, query)
         listed = []
         for cluster_id, faces, named in chosen:
             counts = Counter((f.payload.person_id, f.payload.person_name) for f in named)
@@ -168,12 +162,7 @@ class Clusters:
                     face_count=len(faces),
                 )
             )
-        more = offset + size < len(clusters)
-        return facesearch_pb2.ClusterFacesResponse(
-            clusters=listed,
-            next_page_token=self.tokens.issue(offset + size, query) if more else "",
-            status=self.current(tenant),
-        )
+        return facesearch_pb2.ClusterFacesResponse(clusters=listed, next_page_token=token, status=self.current(tenant))
 
     async def faces_of(self, tenant: str, cluster_id: str, deadline: Deadline) -> list[search_pb2.FaceRecord]:
         """Every face of the cluster, with vectors."""

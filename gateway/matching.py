@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2
+from gateway import paging
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput, clearest_face
 from gateway.dependencies import Dependencies, distance
 from gateway.errors import GatewayError, invalid, not_found, shown
 from gateway.people import People, check_person_id
 from services.runtime.deadlines import Deadline
-from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
+from services.runtime.page_tokens import PageTokens, query_fingerprint
 
 GALLERY = search_pb2.FACE_SOURCE_GALLERY
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
@@ -178,9 +179,7 @@ class Matcher:
         ``person_ids``, the photos with any (or, ``match_all``, all) of those enrolled people."""
         settings = self.deps.settings
         person_ids = list(dict.fromkeys(person_ids or []))
-        limit = limit or 50
-        if not 1 <= limit <= settings.max_page_size:
-            raise invalid(f"limit must be in [1, {settings.max_page_size}], got {limit}")
+        limit = paging.page_size(limit, 50, settings.max_page_size, "limit")
         if person_ids and (references or person_id):
             raise invalid("give person_ids alone, or reference photos and person_id")
         if not references and not person_id and not person_ids:
@@ -194,10 +193,7 @@ class Matcher:
         query = query_fingerprint(
             tenant, self.deps.model_id, hashes, person_id, person_ids, match_all, round(threshold, 6)
         )
-        try:
-            offset = self.tokens.read_offset(page_token, query)
-        except InvalidPageToken as error:
-            raise invalid(str(error)) from None
+        start = paging.page_start(self.tokens, page_token, query)
 
         if person_ids:
             ranked = await self._photos_of_people(tenant, person_ids, match_all, threshold, deadline)
@@ -219,8 +215,7 @@ class Matcher:
                 _match(hit, hit.score, [])
                 for hit in sorted(photos.values(), key=lambda h: (-h.score, h.face.payload.photo_id))
             ]
-        more = offset + limit < len(ranked)
-        return ranked[offset : offset + limit], self.tokens.issue(offset + limit, query) if more else ""
+        return paging.one_page(ranked, start, limit, self.tokens, query)
 
     async def _enrolled_vectors(self, tenant: str, person_id: str, deadline: Deadline) -> list[np.ndarray]:
         check_person_id(person_id)

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import grpc
 
 from facesearch.v1 import facesearch_pb2, search_pb2
+from gateway import paging
 from gateway.analysis import AnalysedPhoto, FoundFace, PhotoInput
+from gateway.clusters import quality_order
 from gateway.dependencies import Dependencies, enrollment_face_id, face_record
 from gateway.errors import invalid, shown
 from services.runtime.deadlines import Deadline
-from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
+from services.runtime.page_tokens import PageTokens, query_fingerprint
 
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
 PERSON_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -35,12 +37,6 @@ class EnrolledPerson:
     reference_faces: int
     hidden: bool = False
     representative: search_pb2.FaceRecord | None = None  # their best reference face
-
-
-def _better(face: search_pb2.FaceRecord, than: search_pb2.FaceRecord) -> bool:
-    """Sharp before blurred, then larger, then sharper."""
-    a, b = face.payload.quality, than.payload.quality
-    return (not a.blurred, a.face_size, a.blur_variance) > (not b.blurred, b.face_size, b.blur_variance)
 
 
 def check_person_id(person_id: str) -> str:
@@ -175,7 +171,7 @@ class People:
             person = people.setdefault(payload.person_id, EnrolledPerson(payload.person_id, payload.person_name, 0))
             person.reference_faces += 1
             person.hidden = person.hidden or payload.person_hidden
-            if person.representative is None or _better(face, person.representative):
+            if person.representative is None or quality_order(face) < quality_order(person.representative):
                 person.representative = face
         return sorted(people.values(), key=lambda p: (p.display_name.casefold(), p.person_id))
 
@@ -183,17 +179,11 @@ class People:
         self, tenant: str, page_size: int, page_token: str, deadline: Deadline, include_hidden: bool = False
     ) -> tuple[list[EnrolledPerson], str]:
         """One page of ``list`` and the token of the next (empty after the last page)."""
-        size = page_size or DEFAULT_PAGE_SIZE
-        if not 1 <= size <= self.deps.settings.max_page_size:
-            raise invalid(f"page_size must be in [1, {self.deps.settings.max_page_size}], got {size}")
+        size = paging.page_size(page_size, DEFAULT_PAGE_SIZE, self.deps.settings.max_page_size)
         query = query_fingerprint("ListPeople", tenant, include_hidden)
-        try:
-            offset = self.tokens.read_offset(page_token, query)
-        except InvalidPageToken as error:
-            raise invalid(str(error)) from None
+        start = paging.page_start(self.tokens, page_token, query)
         people = [p for p in await self.list(tenant, deadline) if include_hidden or not p.hidden]
-        more = offset + size < len(people)
-        return people[offset : offset + size], self.tokens.issue(offset + size, query) if more else ""
+        return paging.one_page(people, start, size, self.tokens, query)
 
     async def archive_faces(self, tenant: str, person_id: str, deadline: Deadline) -> int:
         """How many faces of the archive are assigned to the person."""

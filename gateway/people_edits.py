@@ -14,17 +14,19 @@ from __future__ import annotations
 import uuid
 
 from facesearch.v1 import facesearch_pb2, search_pb2
+from gateway import paging
 from gateway.clusters import Clusters, face_ref, quality_order
 from gateway.dependencies import Dependencies
 from gateway.errors import invalid, not_found
 from gateway.people import MAX_NAME_LENGTH, People, check_person_id
 from services.runtime.deadlines import Deadline
-from services.runtime.page_tokens import InvalidPageToken, PageTokens, query_fingerprint
+from services.runtime.page_tokens import PageTokens, query_fingerprint
 
 GALLERY = search_pb2.FACE_SOURCE_GALLERY
 ENROLLMENT = search_pb2.FACE_SOURCE_ENROLLMENT
 REFERENCES_FROM_CLUSTER = 20  # the best faces of a named cluster become references
 MAX_PERSON_FACES = 1_000_000
+DEFAULT_PAGE_SIZE = 100
 UPSERT_BATCH = 256
 # Namespace of the ids of references copied from faces of the archive: one per (person, face).
 COPIED_REFERENCE_NAMESPACE = uuid.UUID("5b0e3a52-3f7e-4b7a-9d39-1f7b2c1a8e60")
@@ -83,19 +85,12 @@ class PeopleEdits:
     async def list_faces(
         self, tenant: str, person_id: str, page_size: int, page_token: str, deadline: Deadline
     ) -> tuple[list[facesearch_pb2.FaceRef], str]:
-        size = page_size or 100
-        if not 1 <= size <= self.deps.settings.max_page_size:
-            raise invalid(f"page_size must be in [1, {self.deps.settings.max_page_size}], got {size}")
+        size = paging.page_size(page_size, DEFAULT_PAGE_SIZE, self.deps.settings.max_page_size)
         query = query_fingerprint("ListPersonFaces", tenant, person_id)
-        try:
-            offset = self.tokens.read_offset(page_token, query)
-        except InvalidPageToken as error:
-            raise invalid(str(error)) from None
+        start = paging.page_start(self.tokens, page_token, query)
         faces = sorted(await self._person_faces(tenant, person_id, deadline), key=quality_order)
-        more = offset + size < len(faces)
-        return [face_ref(f) for f in faces[offset : offset + size]], self.tokens.issue(
-            offset + size, query
-        ) if more else ""
+        page, token = paging.one_page(faces, start, size, self.tokens, query)
+        return [face_ref(f) for f in page], token
 
     # --- writing ---------------------------------------------------------------------------------
 
