@@ -117,3 +117,21 @@ def open_source(source: str, s3_client=None) -> Iterator[SourcePhoto]:
     if path.is_file():
         return listing(path)
     raise FileNotFoundError(f"no such directory, listing or s3:// prefix: {source}")
+
+
+def read_uri(uri: str, s3_client=None, root: Path | None = None) -> bytes:
+    """The bytes of the photo stored with ``uri``: ``s3://bucket/key`` (``s3_client`` as for
+    ``s3``), ``file://`` or a path (a relative one under ``root`` when given)."""
+    if not uri:
+        raise FileNotFoundError("the photo was stored without a URI")
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if s3_client is None:
+            import boto3
+
+            s3_client = boto3.client("s3")
+        return s3_client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
+    path = Path(parsed.path) if parsed.scheme == "file" else Path(uri)
+    if root is not None and not path.is_absolute():
+        path = root / path
+    return path.read_bytes()

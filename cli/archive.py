@@ -236,4 +236,24 @@ def delete_photo(client: FaceSearchClient, args: argparse.Namespace) -> int:
 def stats(client: FaceSearchClient, _args: argparse.Namespace) -> int:
     stats = client.stats()
     print(f"{stats.photos} photos, {stats.faces} faces, {stats.people} people ({_settings(stats.settings)})")
+    indexing = stats.indexing
+    last = (
+        indexing.last_photo_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+        if indexing.HasField("last_photo_at")
+        else "none yet"
+    )
+    print(
+        f"indexing on this gateway replica: {indexing.streams_open} stream(s) open, "
+        f"{indexing.photos_per_second:.1f} photos/s over the last minute, last photo finished: {last}"
+    )
+    print(f"  this run: {_indexing_counts(indexing.run)}")
+    print(f"  since the replica started: {_indexing_counts(indexing.total)}")
     return EXIT_OK
+
+
+def _indexing_counts(counts: facesearch_pb2.IndexingCounts) -> str:
+    return (
+        f"{counts.streams} stream(s), {counts.photos_received} photos received, {counts.photos_done} done "
+        f"({counts.photos_failed} failed, {counts.photos_duplicate} duplicates, {counts.photos_no_face} without "
+        f"a face), {counts.faces_stored} faces stored"
+    )

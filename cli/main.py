@@ -10,6 +10,7 @@ work is done by a handler in the module named after what it talks to:
 - ``cli.evaluate``: the gateway, on labelled photos (``eval``);
 - ``cli.train``: fine-tuning on labelled photos, in this process (``train``);
 - ``cli.keys``: the gateway's API keys file (``keys add``);
+- ``cli.migrate``: the gateway, moving the tenant's faces to another model (``migrate``);
 - ``cli.web``: the web pages, a client of the gateway (``web``).
 
 Exit statuses: ``cli.exit_status``.
@@ -28,6 +29,7 @@ from cli.calibrate import calibrate_threshold
 from cli.detect import detect as detect_photos
 from cli.evaluate import run as evaluate_run
 from cli.keys import keys_add
+from cli.migrate import migrate as migrate_model
 from cli.train import train as train_model
 from cli.web import web as web_pages
 from gateway.auth import LOCAL_KEY_FILE, LOCAL_KEYS_FILE
@@ -182,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--batch", type=int, default=16, help="photos per call")
     backfill.add_argument("--journal", type=Path, default=None, help="checkpoint file (default: var/backfill/...)")
     backfill.add_argument("--failures", type=Path, default=None, help="write the failed photos here (JSON lines)")
+
+    migrate = command(
+        "migrate",
+        "move the tenant's faces to another embedding model (read again from their URIs), then switch to it",
+        migrate_model,
+    )
+    migrate.add_argument("--to", default="", metavar="MODEL", help="the model to move to")
+    migrate.add_argument("--from", dest="source_model", default="", metavar="MODEL", help="default: the one in use")
+    migrate.add_argument("--list", action="store_true", help="the models the tenant's faces are in")
+    migrate.add_argument("--drop", default="", metavar="MODEL", help="delete the faces of a model not in use")
+    migrate.add_argument("--workers", type=int, default=4, help="MigratePhotos calls in flight")
+    migrate.add_argument("--batch", type=int, default=8, help="photos per call")
+    migrate.add_argument("--root", type=Path, default=None, help="folder that relative photo URIs are under")
+    migrate.add_argument("--no-switch", action="store_true", help="move the faces, do not switch")
+    migrate.add_argument(
+        "--accept-losses", action="store_true", help="switch although some photos or faces could not be moved"
+    )
+    migrate.add_argument("--failures", type=Path, default=None, help="write the photos not moved here (JSON lines)")
 
     cluster = command("cluster", "cluster the faces indexed since the last run, in the background", people.cluster)
     cluster.add_argument("--full", action="store_true", help="re-cluster every face (surviving clusters keep ids)")

@@ -64,6 +64,7 @@ class FaceAnalyser:
         self.detector = detector
         self.embedder = embedder
         self.crop_shape = embedder.model.crop.shape
+        self.crop_model = embedder.model.id  # the detector makes this model's crops
         self.batch_size = batch_size
         self._slots = asyncio.Semaphore(concurrency)
         self.max_photo_bytes = max_photo_bytes
@@ -117,7 +118,7 @@ class FaceAnalyser:
     ) -> detector_pb2.DetectBatchResponse:
         request = detector_pb2.DetectBatchRequest(
             images=[common_pb2.Image(content=r.photo.content, uri=r.photo.uri) for r in batch],
-            options=detector_pb2.DetectOptions(skip_blurred=skip_blurred),
+            options=detector_pb2.DetectOptions(skip_blurred=skip_blurred, crop_model=self.crop_model),
         )
         async with self._slots:
             reply = await self.detector.detect_batch(request, deadline)

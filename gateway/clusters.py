@@ -63,10 +63,13 @@ class Clusters:
     def current(self, tenant: str) -> facesearch_pb2.ClusteringStatus:
         return self.status.get(tenant, facesearch_pb2.ClusteringStatus())
 
+    def running(self, tenant: str) -> bool:
+        task = self.tasks.get(tenant)
+        return task is not None and not task.done()
+
     def start(self, tenant: str, full: bool) -> facesearch_pb2.ClusteringStatus:
         """Starts a run unless one is going on (then its status is the answer)."""
-        task = self.tasks.get(tenant)
-        if task is not None and not task.done():
+        if self.running(tenant):
             return self.current(tenant)
         status = facesearch_pb2.ClusteringStatus(state=RUNNING, full=full)
         self.status[tenant] = status

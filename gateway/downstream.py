@@ -32,6 +32,7 @@ PASSED_THROUGH = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
 )
 
 
@@ -100,6 +101,18 @@ class SearchClient(_Client):
 
     async def scroll(self, request: search_pb2.ScrollRequest, deadline: Deadline) -> search_pb2.ScrollResponse:
         return await self._call("Scroll", self._stub.Scroll, request, deadline)
+
+    async def get_tenant_model(
+        self, request: search_pb2.GetTenantModelRequest, deadline: Deadline
+    ) -> search_pb2.TenantModel:
+        reply = await self._call("GetTenantModel", self._stub.GetTenantModel, request, deadline)
+        return reply.choice
+
+    async def set_tenant_model(
+        self, request: search_pb2.SetTenantModelRequest, deadline: Deadline
+    ) -> search_pb2.TenantModel:
+        reply = await self._call("SetTenantModel", self._stub.SetTenantModel, request, deadline)
+        return reply.choice
 
     async def scroll_all(
         self, request: search_pb2.ScrollRequest, deadline: Deadline, limit: int

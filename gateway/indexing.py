@@ -22,6 +22,7 @@ from facesearch.v1 import facesearch_pb2, search_pb2
 from gateway.analysis import MAX_ID_LENGTH, AnalysedPhoto, PhotoInput
 from gateway.dependencies import Dependencies, face_record
 from gateway.errors import GatewayError, invalid, not_found, shown
+from gateway.progress import IndexingProgress
 from services.runtime.deadlines import Deadline
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ BATCH_LINGER_S = 0.02
 
 
 class Indexer:
-    def __init__(self, deps: Dependencies) -> None:
+    def __init__(self, deps: Dependencies, progress: IndexingProgress | None = None) -> None:
         self.deps = deps
+        self.progress = progress or IndexingProgress()
 
     async def index_stream(
         self, tenant: str, photos: AsyncIterator[PhotoInput], batch_deadline: Callable[[], Deadline]
@@ -51,10 +53,12 @@ class Indexer:
         async def read() -> None:
             try:
                 async for photo in photos:
+                    self.progress.photo_received(tenant)
                     await queue.put(photo)
             finally:
                 await queue.put(None)
 
+        self.progress.stream_opened(tenant)
         reader = asyncio.create_task(read())
         pending: deque[asyncio.Task[list[facesearch_pb2.PhotoResult]]] = deque()
         next_batch: asyncio.Task[tuple[list[PhotoInput], bool]] | None = None
@@ -80,8 +84,10 @@ class Indexer:
                         if seen.get(result.content_hash) == result.photo_id:
                             del seen[result.content_hash]
                         self.deps.metrics.photo(result)
+                        self.progress.photo_done(tenant, result)
                         yield result
         finally:
+            self.progress.stream_closed(tenant)
             for task in (reader, next_batch, *pending):
                 if task is not None:
                     task.cancel()

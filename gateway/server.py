@@ -13,8 +13,12 @@ from gateway.auth import ApiKeys
 from gateway.dependencies import Dependencies
 from gateway.downstream import DetectorClient, SearchClient
 from gateway.metrics import GatewayMetrics
+from gateway.operations import Operations
+from gateway.progress import IndexingProgress
 from gateway.service import FaceSearchService
 from gateway.settings import GatewaySettings
+from gateway.tenant_models import TenantModels
+from services.embedder import models
 from services.embedder.client.factory import create_embedder
 from services.embedder.settings import EmbedderSettings
 from services.runtime.logs import configure_logging
@@ -35,11 +39,14 @@ class GatewayServer(GrpcServer):
         binding = ServiceBinding(SERVICE_NAME, self, self._add_servicer)
         super().__init__("gateway", settings, [binding])
 
-    def analyser(self, settings: GatewaySettings) -> tuple[FaceAnalyser, common_pb2.EmbeddingModel]:
-        """The detector and the embedder as one analyser, with the embedding model it uses;
-        their clients are closed when the server stops."""
+    def analyser(
+        self, settings: GatewaySettings, embedder_settings: EmbedderSettings | None = None
+    ) -> tuple[FaceAnalyser, common_pb2.EmbeddingModel]:
+        """The detector and the embedder as one analyser, with the embedding model it uses
+        (the embedder section's, unless other ``embedder_settings`` are given); their clients
+        are closed when the server stops."""
         detector = DetectorClient(settings.detector_address, settings.retry_policy(), settings.max_message_mb)
-        embedder = create_embedder(self.embedder_settings)
+        embedder = create_embedder(embedder_settings or self.embedder_settings)
         self.on_stop(detector.close)
         self.on_stop(embedder.close)
         analyser = FaceAnalyser(
@@ -54,6 +61,18 @@ class GatewayServer(GrpcServer):
         )
         return analyser, model
 
+    def other_analysers(self, settings: GatewaySettings) -> list[tuple[FaceAnalyser, common_pb2.EmbeddingModel]]:
+        """An analyser for each model of ``embedder_urls``: the embedder section's client
+        settings, that model's weights, served by the Triton at that address."""
+        analysers = []
+        for model_id, url in settings.embedder_urls.items():
+            weights = models.by_id(model_id).weights
+            other = self.embedder_settings.model_copy(
+                update={"triton_url": url, "weights": weights, "model_id": model_id}
+            )
+            analysers.append(self.analyser(settings, other))
+        return analysers
+
     def _add_servicer(self, _: object, server) -> None:
         settings: GatewaySettings = self.settings.with_calibrated_thresholds()  # type: ignore[attr-defined]
         credentials = settings.server_credentials()
@@ -63,11 +82,17 @@ class GatewayServer(GrpcServer):
             server.add_insecure_port = functools.partial(server.add_secure_port, server_credentials=credentials)
         search = SearchClient(settings.search_address, settings.retry_policy(), settings.max_message_mb)
         self.on_stop(search.close)
-        analyser, model = self.analyser(settings)
-        deps = Dependencies(settings, analyser, search, model, GatewayMetrics(self.metrics.registry))
-        threshold = deps.threshold()  # the model in use must have a threshold: fail at start, not per call
-        log.info("model %s: similarity threshold %s", deps.model_id, threshold)
-        self.service = FaceSearchService(deps, self.keys)
+        metrics = GatewayMetrics(self.metrics.registry)
+        progress = IndexingProgress()
+        operations: dict[str, Operations] = {}
+        for analyser, model in [self.analyser(settings), *self.other_analysers(settings)]:
+            deps = Dependencies(settings, analyser, search, model, metrics)
+            threshold = deps.threshold()  # every model must have a threshold: fail at start, not per call
+            log.info("model %s: similarity threshold %s", deps.model_id, threshold)
+            operations[model.id] = Operations.over(deps, progress)
+        default_model_id = next(iter(operations))
+        tenant_models = TenantModels(search, default_model_id, settings.model_cache_s)
+        self.service = FaceSearchService(operations, tenant_models, self.keys, progress)
         facesearch_pb2_grpc.add_FaceSearchServicer_to_server(self.service, server)
 
     async def serve_until_signalled(self) -> None:

@@ -7,18 +7,19 @@ import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import grpc
 
 from facesearch.v1 import facesearch_pb2, facesearch_pb2_grpc
 from gateway.auth import ApiKeys, AuthError, Caller
-from gateway.clusters import Clusters, face_ref
-from gateway.dependencies import Dependencies, optional_threshold, photo_input
+from gateway.clusters import face_ref
+from gateway.dependencies import optional_threshold, photo_input
 from gateway.errors import GatewayError
-from gateway.indexing import Indexer
-from gateway.matching import Matcher
-from gateway.people import People
-from gateway.people_edits import PeopleEdits
+from gateway.migration import Migration
+from gateway.operations import Operations
+from gateway.progress import IndexingProgress
+from gateway.tenant_models import TenantModels
 from services.runtime.deadlines import Deadline
 
 
@@ -71,15 +72,23 @@ def rpc(scope: str) -> Callable:
 
 
 class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
-    def __init__(self, deps: Dependencies, keys: ApiKeys) -> None:
-        self.deps = deps
+    """Each call runs the operations of the embedding model its tenant uses
+    (gateway/operations.py); edits of a tenant's people wait while its model is switched."""
+
+    def __init__(
+        self,
+        operations: dict[str, Operations],
+        tenant_models: TenantModels,
+        keys: ApiKeys,
+        progress: IndexingProgress,
+    ) -> None:
+        self.operations = operations
+        self.tenant_models = tenant_models
         self.keys = keys
-        self.admission = deps.settings.admission()
-        self.people = People(deps)
-        self.indexer = Indexer(deps)
-        self.matcher = Matcher(deps, self.people)
-        self.clusters = Clusters(deps)
-        self.edits = PeopleEdits(deps, self.people, self.clusters)
+        self.progress = progress
+        self.settings = operations[tenant_models.default_model_id].deps.settings
+        self.admission = self.settings.admission()
+        self.migration = Migration(operations, tenant_models)
 
     def caller(self, context: grpc.aio.ServicerContext, scope: str) -> Caller:
         caller = self.keys.authenticate(context.invocation_metadata())
@@ -88,19 +97,38 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
 
     def deadline(self, context: grpc.aio.ServicerContext) -> Deadline:
         """What is left of the caller's deadline, at most ``request_timeout_s``."""
-        return Deadline.of_call(context, self.deps.settings.request_timeout_s)
+        return Deadline.of_call(context, self.settings.request_timeout_s)
+
+    async def ops(self, tenant: str, deadline: Deadline) -> Operations:
+        """The operations of the model the tenant's faces are in use in."""
+        model_id = await self.tenant_models.in_use(tenant, deadline)
+        try:
+            return self.operations[model_id]
+        except KeyError:
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the tenant's faces are in {model_id}, which this gateway does not embed with: "
+                "give it the model's Triton address in embedder_urls",
+            ) from None
+
+    @asynccontextmanager
+    async def editing(self, tenant: str, deadline: Deadline) -> AsyncIterator[Operations]:
+        """The tenant's operations, for a call that changes what is stored about its people."""
+        async with self.migration.gate.editing(tenant):
+            yield await self.ops(tenant, deadline)
 
     @rpc("write")
     async def Enroll(self, request, context, caller, deadline) -> facesearch_pb2.EnrollResponse:
         photos = [photo_input(p) for p in request.photos]
-        person_id, results, count = await self.people.enroll(
-            caller.tenant, request.person_id, request.display_name, photos, deadline
-        )
+        async with self.editing(caller.tenant, deadline) as ops:
+            person_id, results, count = await ops.people.enroll(
+                caller.tenant, request.person_id, request.display_name, photos, deadline
+            )
         return facesearch_pb2.EnrollResponse(
             person_id=person_id,
             results=results,
             reference_faces=count,
-            settings=self.deps.match_settings(self.deps.threshold()),
+            settings=ops.deps.match_settings(ops.deps.threshold()),
         )
 
     @rpc("write")
@@ -111,36 +139,42 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
             async for request in requests:
                 yield photo_input(request.photo)
 
-        async for result in self.indexer.index_stream(caller.tenant, photos(), lambda: self.deadline(context)):
-            self.clusters.faces_indexed(caller.tenant, result.faces_stored)
+        # A stream keeps the model its tenant used when it opened (`facesearch migrate` moves
+        # what it stored after a switch).
+        ops = await self.ops(caller.tenant, deadline)
+        async for result in ops.indexer.index_stream(caller.tenant, photos(), lambda: self.deadline(context)):
+            ops.clusters.faces_indexed(caller.tenant, result.faces_stored)
             yield facesearch_pb2.IndexPhotosResponse(result=result)
 
     @rpc("read")
     async def Verify(self, request, context, caller, deadline) -> facesearch_pb2.VerifyResponse:
-        threshold = self.deps.threshold(optional_threshold(request))
-        verdict = await self.matcher.verify(photo_input(request.a), photo_input(request.b), threshold, deadline)
+        ops = await self.ops(caller.tenant, deadline)
+        threshold = ops.deps.threshold(optional_threshold(request))
+        verdict = await ops.matcher.verify(photo_input(request.a), photo_input(request.b), threshold, deadline)
         return facesearch_pb2.VerifyResponse(
             same_person=verdict.same_person,
             similarity=verdict.similarity,
             distance=verdict.distance,
-            settings=self.deps.match_settings(threshold),
+            settings=ops.deps.match_settings(threshold),
             face_a=verdict.face_a,
             face_b=verdict.face_b,
         )
 
     @rpc("read")
     async def Identify(self, request, context, caller, deadline) -> facesearch_pb2.IdentifyResponse:
-        threshold = self.deps.threshold(optional_threshold(request))
-        faces = await self.matcher.identify(
+        ops = await self.ops(caller.tenant, deadline)
+        threshold = ops.deps.threshold(optional_threshold(request))
+        faces = await ops.matcher.identify(
             caller.tenant, photo_input(request.photo), request.top_k, threshold, deadline
         )
-        return facesearch_pb2.IdentifyResponse(faces=faces, settings=self.deps.match_settings(threshold))
+        return facesearch_pb2.IdentifyResponse(faces=faces, settings=ops.deps.match_settings(threshold))
 
     @rpc("read")
     async def FindMe(self, request, context, caller, deadline) -> facesearch_pb2.FindMeResponse:
-        threshold = self.deps.threshold(optional_threshold(request))
+        ops = await self.ops(caller.tenant, deadline)
+        threshold = ops.deps.threshold(optional_threshold(request))
         references = [photo_input(p) for p in request.references]
-        matches, token = await self.matcher.find_me(
+        matches, token = await ops.matcher.find_me(
             caller.tenant,
             references,
             request.person_id,
@@ -152,27 +186,30 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
             match_all=request.people_match == facesearch_pb2.PEOPLE_MATCH_ALL,
         )
         return facesearch_pb2.FindMeResponse(
-            matches=matches, next_page_token=token, settings=self.deps.match_settings(threshold)
+            matches=matches, next_page_token=token, settings=ops.deps.match_settings(threshold)
         )
 
     @rpc("write")
     async def DeletePerson(self, request, context, caller, deadline) -> facesearch_pb2.DeletePersonResponse:
-        deleted = await self.edits.delete(caller.tenant, request.person_id, deadline)
+        async with self.editing(caller.tenant, deadline) as ops:
+            deleted = await ops.edits.delete(caller.tenant, request.person_id, deadline)
         return facesearch_pb2.DeletePersonResponse(faces_deleted=deleted)
 
     @rpc("write")
     async def DeletePhoto(self, request, context, caller, deadline) -> facesearch_pb2.DeletePhotoResponse:
-        deleted = await self.indexer.delete_photo(caller.tenant, request.photo_id, deadline)
+        async with self.editing(caller.tenant, deadline) as ops:
+            deleted = await ops.indexer.delete_photo(caller.tenant, request.photo_id, deadline)
         return facesearch_pb2.DeletePhotoResponse(faces_deleted=deleted)
 
     @rpc("read")
     async def ListPeople(self, request, context, caller, deadline) -> facesearch_pb2.ListPeopleResponse:
-        page, token = await self.people.page(
+        ops = await self.ops(caller.tenant, deadline)
+        page, token = await ops.people.page(
             caller.tenant, request.page_size, request.page_token, deadline, include_hidden=request.include_hidden
         )
         people = []
         for p in page:
-            archive = await self.people.archive_faces(caller.tenant, p.person_id, deadline)
+            archive = await ops.people.archive_faces(caller.tenant, p.person_id, deadline)
             people.append(
                 facesearch_pb2.Person(
                     person_id=p.person_id,
@@ -187,61 +224,103 @@ class FaceSearchService(facesearch_pb2_grpc.FaceSearchServicer):
 
     @rpc("read")
     async def ClusterFaces(self, request, context, caller, deadline) -> facesearch_pb2.ClusterFacesResponse:
-        return await self.clusters.page(caller.tenant, request, deadline)
+        ops = await self.ops(caller.tenant, deadline)
+        return await ops.clusters.page(caller.tenant, request, deadline)
 
     @rpc("write")
     async def StartClustering(self, request, context, caller, deadline) -> facesearch_pb2.StartClusteringResponse:
-        return facesearch_pb2.StartClusteringResponse(status=self.clusters.start(caller.tenant, request.full))
+        async with self.editing(caller.tenant, deadline) as ops:
+            return facesearch_pb2.StartClusteringResponse(status=ops.clusters.start(caller.tenant, request.full))
 
     @rpc("read")
     async def GetClusteringStatus(
         self, request, context, caller, deadline
     ) -> facesearch_pb2.GetClusteringStatusResponse:
-        return facesearch_pb2.GetClusteringStatusResponse(status=self.clusters.current(caller.tenant))
+        ops = await self.ops(caller.tenant, deadline)
+        return facesearch_pb2.GetClusteringStatusResponse(status=ops.clusters.current(caller.tenant))
 
     @rpc("write")
     async def NameCluster(self, request, context, caller, deadline) -> facesearch_pb2.NameClusterResponse:
-        person = await self.edits.name_cluster(
-            caller.tenant, request.cluster_id, request.person_id, request.display_name, deadline
-        )
+        async with self.editing(caller.tenant, deadline) as ops:
+            person = await ops.edits.name_cluster(
+                caller.tenant, request.cluster_id, request.person_id, request.display_name, deadline
+            )
         return facesearch_pb2.NameClusterResponse(person=person)
 
     @rpc("write")
     async def RenamePerson(self, request, context, caller, deadline) -> facesearch_pb2.RenamePersonResponse:
-        person = await self.edits.rename(caller.tenant, request.person_id, request.display_name, deadline)
+        async with self.editing(caller.tenant, deadline) as ops:
+            person = await ops.edits.rename(caller.tenant, request.person_id, request.display_name, deadline)
         return facesearch_pb2.RenamePersonResponse(person=person)
 
     @rpc("write")
     async def MergePeople(self, request, context, caller, deadline) -> facesearch_pb2.MergePeopleResponse:
-        person = await self.edits.merge(caller.tenant, request.person_id, list(request.merged_person_ids), deadline)
+        async with self.editing(caller.tenant, deadline) as ops:
+            person = await ops.edits.merge(caller.tenant, request.person_id, list(request.merged_person_ids), deadline)
         return facesearch_pb2.MergePeopleResponse(person=person)
 
     @rpc("write")
     async def AssignFace(self, request, context, caller, deadline) -> facesearch_pb2.AssignFaceResponse:
-        face = await self.edits.assign(caller.tenant, request.face_id, request.person_id, deadline)
+        async with self.editing(caller.tenant, deadline) as ops:
+            face = await ops.edits.assign(caller.tenant, request.face_id, request.person_id, deadline)
         return facesearch_pb2.AssignFaceResponse(face=face, person_id=request.person_id)
 
     @rpc("write")
     async def RejectFace(self, request, context, caller, deadline) -> facesearch_pb2.RejectFaceResponse:
-        face = await self.edits.reject(caller.tenant, request.face_id, request.person_id, deadline)
+        async with self.editing(caller.tenant, deadline) as ops:
+            face = await ops.edits.reject(caller.tenant, request.face_id, request.person_id, deadline)
         return facesearch_pb2.RejectFaceResponse(face=face)
 
     @rpc("write")
     async def HidePerson(self, request, context, caller, deadline) -> facesearch_pb2.HidePersonResponse:
-        person = await self.edits.hide(caller.tenant, request.person_id, request.hidden, deadline)
+        async with self.editing(caller.tenant, deadline) as ops:
+            person = await ops.edits.hide(caller.tenant, request.person_id, request.hidden, deadline)
         return facesearch_pb2.HidePersonResponse(person=person)
 
     @rpc("read")
     async def ListPersonFaces(self, request, context, caller, deadline) -> facesearch_pb2.ListPersonFacesResponse:
-        faces, token = await self.edits.list_faces(
+        ops = await self.ops(caller.tenant, deadline)
+        faces, token = await ops.edits.list_faces(
             caller.tenant, request.person_id, request.page_size, request.page_token, deadline
         )
         return facesearch_pb2.ListPersonFacesResponse(faces=faces, next_page_token=token)
 
     @rpc("read")
     async def Stats(self, request, context, caller, deadline) -> facesearch_pb2.StatsResponse:
-        photos, faces = await self.indexer.stats(caller.tenant, deadline)
-        people = await self.people.list(caller.tenant, deadline)
+        ops = await self.ops(caller.tenant, deadline)
+        photos, faces = await ops.indexer.stats(caller.tenant, deadline)
+        people = await ops.people.list(caller.tenant, deadline)
         return facesearch_pb2.StatsResponse(
-            photos=photos, faces=faces, people=len(people), settings=self.deps.match_settings(self.deps.threshold())
+            photos=photos,
+            faces=faces,
+            people=len(people),
+            settings=ops.deps.match_settings(ops.deps.threshold()),
+            indexing=self.progress.of(caller.tenant),
         )
+
+    # --- moving the tenant's faces to another model ------------------------------------------
+
+    @rpc("read")
+    async def ListModels(self, request, context, caller, deadline) -> facesearch_pb2.ListModelsResponse:
+        return facesearch_pb2.ListModelsResponse(models=await self.migration.list_models(caller.tenant, deadline))
+
+    @rpc("read")
+    async def ListMigrationPhotos(
+        self, request, context, caller, deadline
+    ) -> facesearch_pb2.ListMigrationPhotosResponse:
+        return await self.migration.photos_to_move(caller.tenant, request, deadline)
+
+    @rpc("write")
+    async def MigratePhotos(self, request, context, caller, deadline) -> facesearch_pb2.MigratePhotosResponse:
+        photos = [photo_input(p) for p in request.photos]
+        results = await self.migration.move_photos(caller.tenant, request, photos, deadline)
+        return facesearch_pb2.MigratePhotosResponse(results=results)
+
+    @rpc("write")
+    async def SwitchModel(self, request, context, caller, deadline) -> facesearch_pb2.SwitchModelResponse:
+        return await self.migration.switch(caller.tenant, request, deadline)
+
+    @rpc("write")
+    async def DropModel(self, request, context, caller, deadline) -> facesearch_pb2.DropModelResponse:
+        deleted = await self.migration.drop(caller.tenant, request.model_id, deadline)
+        return facesearch_pb2.DropModelResponse(faces_deleted=deleted)

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.admission import Admission
 from gateway.thresholds import read_thresholds
+from services.embedder import models
 from services.runtime.channels import MAX_ATTEMPTS, RetryPolicy
 from services.runtime.page_tokens import PageTokenKey, key_bytes
 from services.runtime.settings import ServiceSettings
@@ -99,6 +100,19 @@ class GatewaySettings(ServiceSettings):
         None,
         description="Key signing FindMe and ListPeople page tokens; unset: a random one per process. "
         "Replicas behind one address need the same key.",
+    )
+
+    embedder_urls: dict[str, str] = Field(
+        {},
+        description="More embedding models this gateway embeds with, by registered model id: the address of "
+        "the Triton serving each (a tenant's faces can be moved to them: `facesearch migrate`). The default "
+        "model is the embedder section's.",
+    )
+    model_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a replica remembers which model a tenant uses (another replica's switch "
+        "reaches it within this).",
     )
 
     detect_batch_size: int = Field(8, ge=1, le=256, description="Photos per DetectBatch call.")
@@ -184,6 +198,15 @@ class GatewaySettings(ServiceSettings):
     def retry_policy(self) -> RetryPolicy:
         """How the gateway's channels retry a call answered UNAVAILABLE."""
         return RetryPolicy.from_retries(self.downstream_retries, self.retry_backoff_s)
+
+    @field_validator("embedder_urls")
+    @classmethod
+    def _registered_models(cls, urls: dict[str, str]) -> dict[str, str]:
+        for model_id, url in urls.items():
+            models.by_id(model_id)  # raises ValueError naming the registered ones
+            if not url.strip():
+                raise ValueError(f"embedder_urls: no address for {model_id}")
+        return urls
 
     def page_key(self) -> bytes | None:
         """The page token key, or None for a random one."""

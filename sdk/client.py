@@ -311,7 +311,49 @@ class FaceSearchClient(_Client):
             if not token:
                 return faces
 
+    # --- moving the tenant's faces to another embedding model --------------------------------
+
+    def list_models(self) -> list[facesearch_pb2.TenantModelCollection]:
+        return list(self._call(self._stub.ListModels, facesearch_pb2.ListModelsRequest()).models)
+
+    def migration_photos(
+        self, to_model_id: str, *, from_model_id: str = "", page_size: int = 0
+    ) -> Iterator[facesearch_pb2.MigrationPhoto]:
+        """The photos whose faces are not yet in ``to_model_id``'s collection, page by page."""
+        token = ""
+        while True:
+            request = facesearch_pb2.ListMigrationPhotosRequest(
+                to_model_id=to_model_id, from_model_id=from_model_id, page_size=page_size, page_token=token
+            )
+            reply = self._call(self._stub.ListMigrationPhotos, request)
+            yield from reply.photos
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def migrate_photos(
+        self, to_model_id: str, photos: Iterable[PhotoLike], *, from_model_id: str = ""
+    ) -> list[facesearch_pb2.MigratedPhoto]:
+        request = facesearch_pb2.MigratePhotosRequest(
+            to_model_id=to_model_id, from_model_id=from_model_id, photos=[as_photo(p) for p in photos]
+        )
+        return list(self._call(self._stub.MigratePhotos, request).results)
+
+    def switch_model(
+        self, to_model_id: str, *, from_model_id: str = "", allow_missing: bool = False
+    ) -> facesearch_pb2.SwitchModelResponse:
+        request = facesearch_pb2.SwitchModelRequest(
+            to_model_id=to_model_id, from_model_id=from_model_id, allow_missing=allow_missing
+        )
+        return self._call(self._stub.SwitchModel, request)
+
+    def drop_model(self, model_id: str) -> int:
+        """Deletes the tenant's faces of a model it no longer uses; how many there were."""
+        return self._call(self._stub.DropModel, facesearch_pb2.DropModelRequest(model_id=model_id)).faces_deleted
+
     def stats(self) -> facesearch_pb2.StatsResponse:
+        """The tenant's counts, match settings and indexing progress (``indexing``: the
+        IndexPhotos streams as the gateway replica that answers serves them)."""
         return self._call(self._stub.Stats, facesearch_pb2.StatsRequest())
 
     def close(self) -> None:
@@ -449,6 +491,7 @@ class AsyncFaceSearchClient(_Client):
         return (await self._call(self._stub.DeletePhoto, request)).faces_deleted
 
     async def stats(self) -> facesearch_pb2.StatsResponse:
+        """As ``FaceSearchClient.stats``."""
         return await self._call(self._stub.Stats, facesearch_pb2.StatsRequest())
 
     async def close(self) -> None:

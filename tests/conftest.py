@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,3 +124,35 @@ def copy_of_model(models, repository: Path, name: str, onnx: bytes | None = None
     if onnx is not None:
         (folder / models.model_version / "model.onnx").write_bytes(onnx)
     return folder
+
+
+# --- an S3-compatible server -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port (stopped after the module): its URL."""
+    from services.runtime.ports import free_port
+    from services.runtime.readiness import wait_until_ready
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until_ready(ready, 30, what="moto's S3 server", process=server)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -20,8 +20,6 @@ import pytest
 from backfill.sources import Shard, directory, listing
 from cli.main import main
 from facesearch.v1 import common_pb2, search_pb2, search_pb2_grpc
-from services.runtime.ports import free_port
-from services.runtime.readiness import wait_until_ready
 from tests.test_gateway_logic import SearchHooks, face, fake_photo, start_gateway, start_search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,39 +139,13 @@ def test_shards_split_the_archive_between_them(gateway, search, tmp_path) -> Non
     assert run_backfill(gateway, "backfill-s3", str(listing_file), "--shard", "3/3") == 2, "a usage error"
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    def ready() -> bool:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_until_ready(ready, 30, what="moto's S3 server", process=server)
-        yield url
-    finally:
-        server.terminate()
-        server.wait()
-
-
-def test_a_bucket_prefix_is_read_lazily_page_by_page(gateway, search, s3_server, tmp_path, monkeypatch) -> None:
+def test_a_bucket_prefix_is_read_lazily_page_by_page(gateway, search, s3_endpoint, tmp_path, monkeypatch) -> None:
     import boto3
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     client = boto3.client("s3")
     client.create_bucket(Bucket="archive")
     root = archive(tmp_path / "photos", 12)

@@ -261,3 +261,19 @@ def test_small_sharp_faces_are_not_taken_for_blurred_ones(detector):
     assert blurred, "a slightly blurred copy still shows some of the faces"
     sharpest_blurred = max(f.quality.blur_variance for f in blurred)
     assert sharpest_blurred < min(f.quality.blur_variance for f in faces) / 3
+
+
+def test_a_call_can_ask_for_the_crops_of_another_registered_model(detector):
+    """The detector makes facenet-casia's crops; asked for dlib-resnet's, it aligns the same faces
+    onto dlib's 150-pixel chip, and refuses a model it does not know."""
+    content = photo_bytes("photoprism", "2.jpg")
+    own = detect(detector, content)
+    dlib = detect(detector, content, crop_model="dlib-resnet")
+    assert [(f.box.x_min, f.box.y_max) for f in dlib.faces] == [(f.box.x_min, f.box.y_max) for f in own.faces]
+    assert {(f.crop.width, f.crop.height) for f in own.faces} == {(160, 160)}
+    assert {(f.crop.width, f.crop.height) for f in dlib.faces} == {(150, 150)}
+    assert own.faces[0].crop.rgb != dlib.faces[0].crop.rgb
+    with pytest.raises(grpc.RpcError) as caught:
+        detect(detector, content, crop_model="no-such-model")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "crop_model" in caught.value.details() and "dlib-resnet" in caught.value.details()

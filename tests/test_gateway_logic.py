@@ -33,7 +33,7 @@ from services.search.server import build_server as build_search
 from services.search.settings import SearchSettings
 
 MODEL_ID, DIMENSION = "facenet-casia", 512
-SEARCH_METHODS = ("Upsert", "Query", "Delete", "Count", "Scroll")
+SEARCH_METHODS = ("Upsert", "Query", "Delete", "Count", "Scroll", "GetTenantModel", "SetTenantModel")
 TENANTS = (
     "dedup",
     "edited",

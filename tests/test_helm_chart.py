@@ -37,12 +37,24 @@ SETTINGS = {
 }
 
 EXTERNAL_QDRANT = "http://qdrant.databases.svc:6333"
-# Each values file the chart ships, the production values with everything on, and the defaults
-# with a Qdrant of one's own.
+# One more model served beside model.id, and the Job moving a tenant to it.
+EXTRA_MODEL = "dlib-resnet"
+EXTRA_EMBEDDER = f"fs-facesearch-embedder-{EXTRA_MODEL}"
+MODEL_MIGRATION = [
+    f"extraModels[0].id={EXTRA_MODEL}",
+    "extraModels[0].weights=dlib",
+    "modelMigration.enabled=true",
+    f"modelMigration.to={EXTRA_MODEL}",
+    "backfill.apiKeySecret.name=backfill-api-key",
+    "backfill.archive.persistentVolumeClaim=photos",
+]
+# Each values file the chart ships, the production values with everything on, the defaults
+# with a Qdrant of one's own, and each values file with an extra model and its migration.
 CASES = {
     **{name: (files, []) for name, files in VALUES_FILES.items()},
     "everything-on": (VALUES_FILES["production-gpu"], EVERYTHING_ON),
     "external-qdrant": (VALUES_FILES["default"], [f"qdrant.externalUrl={EXTERNAL_QDRANT}"]),
+    **{f"{name}-model-migration": (files, MODEL_MIGRATION) for name, files in VALUES_FILES.items()},
 }
 
 
@@ -173,13 +185,15 @@ def test_every_pod_runs_as_non_root_on_a_read_only_root_filesystem(case: str) ->
             assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), f"{where}: no writable /tmp"
 
 
-@pytest.mark.parametrize("case", ["default", "production-gpu"])
+@pytest.mark.parametrize(
+    "case", ["default", "production-gpu", "default-model-migration", "production-gpu-model-migration"]
+)
 def test_network_policies_expose_the_gateway_alone(case: str) -> None:
     manifests = manifests_of(case)
     policies = {component(p): p["spec"] for p in manifests if p["kind"] == "NetworkPolicy"}
     pods = {component(m): m["spec"]["template"]["metadata"]["labels"] for m in manifests if m["kind"] in WORKLOADS}
     for name, labels in pods.items():
-        if name in {"backfill", "migration"}:
+        if name in {"backfill", "migration", "model-migration"}:
             continue  # they accept nothing: no port is served
         assert name in policies, f"{name} has no NetworkPolicy"
         assert policies[name]["podSelector"]["matchLabels"].items() <= labels.items()
@@ -198,7 +212,7 @@ def test_network_policies_expose_the_gateway_alone(case: str) -> None:
                 assert all(set(peer) == {"podSelector"} for peer in rule["from"]), name
     assert [
         p["metadata"]["name"] for p in manifests if p["kind"] == "Service" and p["spec"]["type"] != "ClusterIP"
-    ] == (["fs-facesearch-gateway"] if case == "production-gpu" else [])
+    ] == (["fs-facesearch-gateway"] if case.startswith("production-gpu") else [])
 
 
 def test_probes_check_grpc_health_and_triton_readiness() -> None:
@@ -471,3 +485,276 @@ def test_an_external_qdrant_replaces_the_statefulset() -> None:
     )["spec"]["groups"]
     alerts = {rule["alert"] for group in rules for rule in group["rules"] if "alert" in rule}
     assert len(alerts) == 5 and "FacesearchVectorStoreDiskFilling" not in alerts  # the volume is not the chart's
+
+
+# --- extra models and the model migration Job -----------------------------------------------
+
+
+def admits(manifests: list[dict], caller: dict, callee: dict, port: str) -> bool:
+    """Whether the NetworkPolicies let pods labelled ``caller`` reach port ``port`` of pods
+    labelled ``callee`` (a pod no policy selects admits everything)."""
+    selecting = [
+        p["spec"]
+        for p in manifests
+        if p["kind"] == "NetworkPolicy" and p["spec"]["podSelector"]["matchLabels"].items() <= callee.items()
+    ]
+    for policy in selecting:
+        for rule in policy["ingress"]:
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if peers is None or any(
+                set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"].items() <= caller.items()
+                for peer in peers
+            ):
+                return True
+    return not selecting
+
+
+def pod_labels(manifest: dict) -> dict:
+    return manifest["spec"]["template"]["metadata"]["labels"]
+
+
+def model_migration_job(manifests: list[dict]) -> dict:
+    return only(manifests, "Job", f"-model-migration-{EXTRA_MODEL}")
+
+
+@pytest.mark.parametrize("name", VALUES_FILES)
+def test_an_extra_model_gets_its_own_embedder(name: str) -> None:
+    """Each of extraModels: one more Triton Deployment like the embedder, serving that model:
+    its weights in the init container's (or the bundled Triton's) settings, GPUs as the
+    embedder has them, its Service, metrics Service, PDB and HPA."""
+    manifests = manifests_of(f"{name}-model-migration")
+    main, extra = workload(manifests, "embedder"), only(manifests, "Deployment", EXTRA_EMBEDDER)
+    assert not pod_labels(main).items() <= pod_labels(extra).items(), "the embedder's Service would reach it"
+    pod = extra["spec"]["template"]["spec"]
+    served = [c for c in containers(pod) if "FACESEARCH_EMBEDDER_WEIGHTS" in env_of(c)]
+    assert served and [c["name"] for c in served] == (["triton"] if name == "cpu" else ["models"])
+    for container in served:
+        settings = env_of(container)
+        assert settings["FACESEARCH_EMBEDDER_WEIGHTS"]["value"] == "dlib"
+        assert settings["FACESEARCH_EMBEDDER_MODEL_ID"]["value"] == EXTRA_MODEL
+    main_pod = main["spec"]["template"]["spec"]
+    assert [c["image"] for c in containers(pod)] == [c["image"] for c in containers(main_pod)]
+    assert [c["command"] for c in containers(pod)] == [c["command"] for c in containers(main_pod)]
+    triton, main_triton = pod["containers"][0], main_pod["containers"][0]
+    for key in ("args", "ports", "startupProbe", "readinessProbe", "livenessProbe", "resources", "securityContext"):
+        assert triton.get(key) == main_triton.get(key), key
+    for key in ("nodeSelector", "tolerations", "securityContext"):
+        assert pod.get(key) == main_pod.get(key), key
+    if name == "cpu":
+        assert GPU not in yaml.safe_dump(extra)
+    else:
+        assert triton["resources"]["requests"][GPU] == triton["resources"]["limits"][GPU] == 1
+    assert [v for v in pod["volumes"] if v["name"] == "models"] == [
+        {"name": "models", "emptyDir": {"sizeLimit": "4Gi"}}
+    ], "Triton serves every model of its repository: not the embedder's"
+
+    service = only(manifests, "Service", EXTRA_EMBEDDER)
+    assert service["spec"]["selector"].items() <= pod_labels(extra).items()
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": 8001, "http": 8000}
+    metrics = only(manifests, "Service", f"{EXTRA_EMBEDDER}-metrics")
+    assert metrics["spec"]["selector"].items() <= pod_labels(extra).items()
+    [budget] = [
+        b
+        for b in manifests
+        if b["kind"] == "PodDisruptionBudget"
+        and b["spec"]["selector"]["matchLabels"].items() <= pod_labels(extra).items()
+    ]
+    assert budget["spec"]["maxUnavailable"] == 1
+    autoscaler = only(manifests, "HorizontalPodAutoscaler", EXTRA_EMBEDDER)
+    assert autoscaler["spec"]["scaleTargetRef"]["name"] == EXTRA_EMBEDDER
+    assert autoscaler["spec"]["metrics"] == only(manifests, "HorizontalPodAutoscaler", "-embedder")["spec"]["metrics"]
+    assert "replicas" not in extra["spec"]
+
+
+def test_an_extra_model_takes_its_own_replicas_and_resources() -> None:
+    resources = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "3Gi"}}
+    manifests = render(
+        settings=[
+            *MODEL_MIGRATION,
+            "embedder.autoscaling.enabled=false",
+            "embedder.modelRepository.persistentVolumeClaim=models",
+            "extraModels[0].replicas=3",
+            "extraModels[0].resources.requests.cpu=500m",
+            "extraModels[0].resources.requests.memory=2Gi",
+            "extraModels[0].resources.limits.memory=3Gi",
+        ]
+    )
+    extra = only(manifests, "Deployment", EXTRA_EMBEDDER)
+    assert extra["spec"]["replicas"] == 3
+    assert workload(manifests, "embedder")["spec"]["replicas"] == 1
+    triton = extra["spec"]["template"]["spec"]["containers"][0]
+    assert triton["resources"] == {
+        "requests": {**resources["requests"], GPU: 1},
+        "limits": {**resources["limits"], GPU: 1},
+    }
+    assert not [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler" and "-embedder" in m["metadata"]["name"]]
+    volumes = {v["name"]: v for v in extra["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"] == {"name": "models", "emptyDir": {"sizeLimit": "4Gi"}}, "not the embedder's claim"
+    claimed = render(settings=[*MODEL_MIGRATION, "extraModels[0].modelRepository.persistentVolumeClaim=dlib-models"])
+    volumes = {v["name"]: v for v in only(claimed, "Deployment", EXTRA_EMBEDDER)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "dlib-models"}
+
+
+@pytest.mark.parametrize("case", ["default-model-migration", "production-gpu-model-migration"])
+def test_the_gateway_embeds_with_the_extra_models(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FACESEARCH_GATEWAY_EMBEDDER_URLS as GatewaySettings reads it: the extra model's id, the
+    address of a Service with a gRPC port whose pods serve that model, which the NetworkPolicies
+    let the gateway reach."""
+    from services.embedder import models
+    from services.runtime.settings import load_settings
+
+    manifests = manifests_of(case)
+    gateway = workload(manifests, "gateway")
+    for variable in [v for v in os.environ if v.startswith("FACESEARCH_")]:
+        monkeypatch.delenv(variable)
+    for variable, value in env_of(gateway["spec"]["template"]["spec"]["containers"][0]).items():
+        if variable.startswith("FACESEARCH_GATEWAY_"):
+            monkeypatch.setenv(variable, value.get("value", "placeholder-secret-value"))
+    urls = load_settings(GatewaySettings).embedder_urls
+    assert list(urls) == [EXTRA_MODEL]
+    host, port = urls[EXTRA_MODEL].rsplit(":", 1)
+    service = only(manifests, "Service", host)
+    assert service["metadata"]["name"] == host == EXTRA_EMBEDDER
+    [grpc_port] = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
+    assert grpc_port["name"] == "grpc"
+    extra = only(manifests, "Deployment", EXTRA_EMBEDDER)
+    assert service["spec"]["selector"].items() <= pod_labels(extra).items()
+    weights = {
+        env_of(c).get("FACESEARCH_EMBEDDER_WEIGHTS", {}).get("value")
+        for c in containers(extra["spec"]["template"]["spec"])
+    }
+    assert models.by_id(EXTRA_MODEL).weights in weights
+
+    assert admits(manifests, pod_labels(gateway), pod_labels(extra), "grpc")
+    for other in ("detector", "search", "backfill", "model-migration"):
+        caller = {**pod_labels(gateway), "app.kubernetes.io/component": other}
+        assert not admits(manifests, caller, pod_labels(extra), "grpc"), other
+
+    plain = env_of(
+        workload(manifests_of(case.removesuffix("-model-migration")), "gateway")["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+    )
+    assert "FACESEARCH_GATEWAY_EMBEDDER_URLS" not in plain
+
+
+def test_the_extra_embedders_are_scraped_as_the_embedder() -> None:
+    """Their ServiceMonitors give them job "embedder", which the alerts, the dashboard and
+    prometheus-adapter's rule (the HPA's metric) select; Triton's own labels say the model."""
+    manifests = manifests_of("production-gpu-model-migration")
+    services = [m for m in manifests if m["kind"] == "Service"]
+    monitors = {m["metadata"]["name"]: m["spec"] for m in manifests if m["kind"] == "ServiceMonitor"}
+    assert sorted(monitors) == sorted(
+        f"fs-facesearch-{c}" for c in ["gateway", "detector", "embedder", f"embedder-{EXTRA_MODEL}", "search"]
+    )
+    for name, spec in monitors.items():
+        [selected] = [s for s in services if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        assert selected["metadata"]["name"] == f"{name}-metrics"
+        job = selected["metadata"]["labels"][spec["jobLabel"]]
+        assert job == ("embedder" if "-embedder" in name else name.removeprefix("fs-facesearch-"))
+    adapter = yaml.safe_load(only(manifests, "ConfigMap", "-prometheus-adapter-rules")["data"]["config.yaml"])
+    assert 'job="embedder"' in adapter["rules"][0]["seriesQuery"]
+
+
+@pytest.mark.parametrize("case", ["default-model-migration", "production-gpu-model-migration", "cpu-model-migration"])
+def test_the_model_migration_job_runs_facesearch_migrate(case: str) -> None:
+    """`facesearch migrate --to MODEL` as the real parser reads it, against the gateway's Service
+    and port, with the backfill Job's API key and archive; OnFailure and a backoff limit, so
+    that a rerun finishes what a killed pod began."""
+    manifests = manifests_of(case)
+    job = model_migration_job(manifests)
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "model-migration"
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure"
+    assert job["spec"]["backoffLimit"] >= 3
+    [migrate] = pod["containers"]
+    env = env_of(migrate)
+    command = [a.replace("$(GATEWAY)", env["GATEWAY"]["value"]) for a in migrate["command"]]
+    assert command[:2] == ["facesearch", "migrate"]
+    args = build_parser().parse_args(command[1:])
+    assert args.to == EXTRA_MODEL and not args.drop and not args.list
+
+    host, port = args.address.rsplit(":", 1)
+    gateway = only(manifests, "Service", host)
+    assert gateway["metadata"]["name"] == "fs-facesearch-gateway"
+    [served] = [p for p in gateway["spec"]["ports"] if p["port"] == int(port)]
+    gateway_pods = pod_labels(workload(manifests, "gateway"))
+    assert admits(manifests, pod_labels(job), gateway_pods, served["name"])
+    if case.startswith("production-gpu"):  # TLS on the gateway: the Service serves TLS alone
+        assert served["name"] == "grpc-tls"
+        [mount] = [m for m in migrate["volumeMounts"] if str(args.tls_ca).startswith(m["mountPath"] + "/")]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "facesearch-gateway-tls"
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": args.tls_ca.name}], "the CA only"
+    else:
+        assert served["name"] == "grpc" and args.tls_ca is None
+
+    backfill_key = {"name": "backfill-api-key", "key": "api-key"}
+    assert env["FACESEARCH_API_KEY"]["valueFrom"]["secretKeyRef"] == backfill_key
+    [archive] = [m for m in migrate["volumeMounts"] if m["mountPath"] == "/archive"]
+    assert archive["readOnly"] is True
+    [claim] = [v for v in pod["volumes"] if v["name"] == archive["name"]]
+    assert claim["persistentVolumeClaim"] == {"claimName": "photos", "readOnly": True}
+
+
+def test_the_model_migration_job_passes_more_options() -> None:
+    rendered = helm(
+        "template",
+        "fs",
+        CHART,
+        *value_args((), MODEL_MIGRATION),
+        "--set-string",
+        "modelMigration.extraArgs={--workers,8,--no-switch}",
+    ).stdout
+    manifests = [m for m in yaml.safe_load_all(rendered) if m]
+    command = model_migration_job(manifests)["spec"]["template"]["spec"]["containers"][0]["command"]
+    args = build_parser().parse_args(command[1:])
+    assert (args.to, args.workers, args.no_switch) == (EXTRA_MODEL, 8, True)
+
+
+def test_the_release_jobs_reach_a_gateway_open_to_some_callers_only() -> None:
+    clients = "networkPolicy.gatewayFrom[0].namespaceSelector.matchLabels.team=apps"
+    manifests = render(settings=[*MODEL_MIGRATION, "backfill.enabled=true", clients])
+    gateway = pod_labels(workload(manifests, "gateway"))
+    for name in (f"-model-migration-{EXTRA_MODEL}", "-backfill"):
+        assert admits(manifests, pod_labels(only(manifests, "Job", name)), gateway, "grpc"), name
+    assert not admits(manifests, {**gateway, "app.kubernetes.io/component": "detector"}, gateway, "grpc")
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        (
+            [f"extraModels[1].id={EXTRA_MODEL}", "extraModels[1].weights=dlib"],
+            f"extraModels: {EXTRA_MODEL} is listed twice",
+        ),
+        (["extraModels[1].id=facenet-casia", "extraModels[1].weights=casia"], "facenet-casia is model.id"),
+        (["modelMigration.to=facenet-vggface2"], "modelMigration.to facenet-vggface2 is neither model.id"),
+        (["modelMigration.to="], "modelMigration.enabled needs modelMigration.to"),
+        (["backfill.apiKeySecret.name="], "needs modelMigration.apiKeySecret.name"),
+        (["extraModels[0].id=facenet-v2"], "at '/extraModels/0/id': value must be one of"),
+        (["extraModels[0].weights=casia"], "at '/extraModels/0/weights': value must be 'dlib'"),
+        (["extraModels[0].weights=dlib-resnet"], "at '/extraModels/0/weights': value must be one of"),
+        (["extraModels[0].gpus=2"], "additional properties 'gpus' not allowed"),
+    ],
+)
+def test_extra_models_and_the_model_migration_fail_clearly(settings: list[str], complaint: str) -> None:
+    failed = helm("template", "fs", CHART, *value_args((), [*MODEL_MIGRATION, *settings]), check=False)
+    assert failed.returncode != 0 and complaint in failed.stderr, failed.stderr
+
+
+def test_the_schema_knows_the_registered_models() -> None:
+    from services.embedder import models
+
+    items = json.loads((CHART / "values.schema.json").read_text())["properties"]["extraModels"]["items"]
+    assert items["properties"]["id"]["enum"] == [m.id for m in models.MODELS]
+    assert items["properties"]["weights"]["enum"] == list(models.WEIGHTS)
+    pairs = [
+        (rule["if"]["properties"]["id"]["const"], rule["then"]["properties"]["weights"]["const"])
+        for rule in items["allOf"]
+    ]
+    assert pairs == [(m.id, m.weights) for m in models.MODELS]

@@ -26,7 +26,15 @@ def methods(module, service: str) -> set[str]:
 
 def test_the_v1_api_has_every_service_and_rpc():
     assert methods(detector_pb2, "Detector") == {"Detect", "DetectBatch"}
-    assert methods(search_pb2, "Search") == {"Upsert", "Query", "Delete", "Count", "Scroll"}
+    assert methods(search_pb2, "Search") == {
+        "Upsert",
+        "Query",
+        "Delete",
+        "Count",
+        "Scroll",
+        "GetTenantModel",
+        "SetTenantModel",
+    }
     assert methods(facesearch_pb2, "FaceSearch") == {
         "Enroll",
         "IndexPhotos",
@@ -47,6 +55,11 @@ def test_the_v1_api_has_every_service_and_rpc():
         "HidePerson",
         "ListPersonFaces",
         "Stats",
+        "ListModels",
+        "ListMigrationPhotos",
+        "MigratePhotos",
+        "SwitchModel",
+        "DropModel",
     }
     assert {"Image", "BoundingBox", "Landmarks", "Face", "FaceQuality", "Embedding", "EmbeddingModel"} <= set(
         common_pb2.DESCRIPTOR.message_types_by_name

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.search.faces import FaceFilter, FaceIndex, InvalidRequest, NewFace, Selector, point_id
-from services.search.store.edge import EdgeFaceStore
+from services.search.store.edge import EdgeFaceStore, VectorLayout
 from services.search.store.qdrant import QdrantFaceStore
 
 MODEL, SIZE = "facenet-casia", 512
@@ -26,9 +26,24 @@ def face_like_vectors(rng: np.random.Generator, people: int, per_person: int) ->
     return vectors.astype(np.float32), labels
 
 
-@pytest.fixture(params=["edge", "qdrant"])
+# The archive layout: int8 vectors searched first and rescored, originals and graph on disk;
+# every upsert starts an index build, so the queries meet quantized segments.
+INT8_ON_DISK = VectorLayout(quantization="int8", vectors_on_disk=True, hnsw_on_disk=True)
+STORES = {
+    "edge": lambda folder: EdgeFaceStore(folder),
+    "edge-int8-on-disk": lambda folder: EdgeFaceStore(
+        folder, layout=INT8_ON_DISK, optimize_after=1, indexing_threshold_kb=1
+    ),
+    "qdrant": lambda _folder: QdrantFaceStore(path=":memory:"),
+    "qdrant-int8-on-disk": lambda _folder: QdrantFaceStore(
+        path=":memory:", quantization="int8", vectors_on_disk=True, hnsw_on_disk=True
+    ),
+}
+
+
+@pytest.fixture(params=list(STORES))
 def index(request, tmp_path):
-    store = EdgeFaceStore(tmp_path / "edge") if request.param == "edge" else QdrantFaceStore(path=":memory:")
+    store = STORES[request.param](tmp_path / "store")
     yield FaceIndex(store, MODELS, max_batch=100)
     store.close()
 

@@ -153,3 +153,31 @@ def test_bad_requests_get_invalid_argument(search):
         lambda: search.Scroll(search_pb2.ScrollRequest(tenant="t", model=MODEL, page_token="zzz"), timeout=30),
         "page_token",
     )
+
+
+def test_a_tenants_model_is_chosen_by_compare_and_set(search):
+    model = common_pb2.EmbeddingModel(id="dlib-resnet", version="1", dimension=128)
+    first = search.GetTenantModel(search_pb2.GetTenantModelRequest(tenant="chooser")).choice
+    assert not first.HasField("model") and first.tenant == "chooser"
+    chosen = search.SetTenantModel(search_pb2.SetTenantModelRequest(tenant="chooser", model=model)).choice
+    assert chosen.model.id == "dlib-resnet" and chosen.previous_model_id == "" and chosen.changed_at.seconds > 0
+    assert search.GetTenantModel(search_pb2.GetTenantModelRequest(tenant="chooser")).choice.model == model
+    assert not search.GetTenantModel(search_pb2.GetTenantModelRequest(tenant="someone-else")).choice.HasField("model")
+    with pytest.raises(grpc.RpcError) as stale:  # a second switch that read "none chosen" loses
+        search.SetTenantModel(search_pb2.SetTenantModelRequest(tenant="chooser", model=model))
+    assert stale.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    back = common_pb2.EmbeddingModel(id="facenet-casia", version="1", dimension=512)
+    request = search_pb2.SetTenantModelRequest(tenant="chooser", model=back, expected_model_id="dlib-resnet")
+    assert search.SetTenantModel(request).choice.previous_model_id == "dlib-resnet"
+    for bad in (
+        common_pb2.EmbeddingModel(id="unknown", dimension=3),
+        common_pb2.EmbeddingModel(id="dlib-resnet", dimension=5),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            search.SetTenantModel(
+                search_pb2.SetTenantModelRequest(tenant="chooser", model=bad, expected_model_id="facenet-casia")
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:
+        search.GetTenantModel(search_pb2.GetTenantModelRequest(tenant=""))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -37,10 +37,12 @@ class Gateway:
         self.people = [
             facesearch_pb2.Person(person_id="p1", display_name="Ada", archive_faces=3, representative=self.faces[0]),
             facesearch_pb2.Person(person_id="p2", display_name="Bob", hidden=True),
+            facesearch_pb2.Person(person_id="p3", display_name="Cleo", archive_faces=2),
         ]
+        self.indexing = facesearch_pb2.IndexingProgress()
 
     def stats(self):
-        return facesearch_pb2.StatsResponse(photos=12, faces=30, people=2)
+        return facesearch_pb2.StatsResponse(photos=12, faces=30, people=2, indexing=self.indexing)
 
     def clustering_status(self):
         return facesearch_pb2.ClusteringStatus(
@@ -55,6 +57,17 @@ class Gateway:
         if self.find_me_error:
             raise self.find_me_error
         match = facesearch_pb2.PhotoMatch(photo_id="a.jpg", photo_uri=self.match_uri, box=BOX, similarity=0.8)
+        return facesearch_pb2.FindMeResponse(
+            matches=[match],
+            next_page_token="" if page_token else "next-token",
+            settings=facesearch_pb2.MatchSettings(similarity_threshold=0.43),
+        )
+
+    def find_people(self, person_ids, *, match_all=False, limit=50, page_token=""):
+        self.calls.append(("find_people", list(person_ids), match_all, limit, page_token))
+        match = facesearch_pb2.PhotoMatch(
+            photo_id="a.jpg", photo_uri=self.match_uri, box=BOX, similarity=0.7, person_ids=list(person_ids)
+        )
         return facesearch_pb2.FindMeResponse(
             matches=[match],
             next_page_token="" if page_token else "next-token",
@@ -130,6 +143,77 @@ def test_the_home_page_shows_the_counts_and_progress_and_needs_nothing_from_else
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert "http://" not in page.text and "https://" not in page.text, "no font, script or style from elsewhere"
     assert pages.get("/api/status").json()["faces_to_do"] == 30
+
+
+def running_indexing(streams_open: int = 2) -> facesearch_pb2.IndexingProgress:
+    progress = facesearch_pb2.IndexingProgress(
+        streams_open=streams_open,
+        run=facesearch_pb2.IndexingCounts(
+            streams=2, photos_received=400, photos_done=340, photos_failed=3, photos_duplicate=10, photos_no_face=20
+        ),
+        total=facesearch_pb2.IndexingCounts(photos_done=900),
+        photos_per_second=5.14,
+    )
+    progress.last_photo_at.FromJsonString("2026-05-04T10:20:30Z")
+    return progress
+
+
+def test_the_indexing_progress_is_on_the_home_page_and_polled_as_json(pages, gateway):
+    assert "No indexing running; none since the gateway started." in pages.get("/").text
+    idle = pages.get("/progress")
+    assert idle.status_code == 200 and idle.headers["cache-control"] == "no-store"
+    assert idle.json()["streams_open"] == 0 and idle.json()["last_photo_at"] is None
+    gateway.indexing = running_indexing()
+    progress = pages.get("/progress").json()
+    assert progress["summary"] == (
+        "Indexing: 2 streams, 340 of 400 photos received done (3 failed, 10 duplicates, 20 without a face), "
+        "5.1 photos/s, last at 2026-05-04 10:20:30 UTC"
+    )
+    assert (progress["streams_open"], progress["photos_done"], progress["photos_received"]) == (2, 340, 400)
+    assert progress["last_photo_at"] == "2026-05-04T10:20:30Z" and progress["total_photos_done"] == 900
+    page = pages.get("/")
+    assert '<p id="indexing" data-indexing>Indexing: 2 streams, 340 of 400 photos' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"] and "<script>" not in page.text
+    assert '"/progress"' in pages.get("/static/app.js").text, "the page's own script polls it"
+    gateway.indexing = running_indexing(streams_open=0)
+    assert (
+        "No indexing running; last finished 2026-05-04 10:20:30 UTC (340 photos in the last run)."
+        in pages.get("/").text
+    )
+
+
+def test_the_progress_says_when_the_gateway_cannot_answer(pages, gateway):
+    def down():
+        raise FaceSearchError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+
+    gateway.stats = down
+    assert pages.get("/progress").status_code == 503
+    page = pages.get("/")
+    assert page.status_code == 200 and "cannot answer now" in page.text and "data-indexing" not in page.text
+
+
+def test_photos_with_several_people_all_or_any_page_after_page(pages, gateway):
+    home = pages.get("/").text
+    assert 'action="/findme/people"' in home and home.count('type="checkbox" name="person"') == 2, "hidden Bob left out"
+    assert "<legend>Tick two people or more</legend>" in home and 'name="match" value="all" checked' in home
+    page = pages.get("/findme/people", params={"person": ["p1", "p3"], "match": "all"})
+    assert page.status_code == 200 and "Photos of Ada and Cleo" in page.text
+    assert gateway.calls[-1] == ("find_people", ["p1", "p3"], True, 24, "")
+    assert "with Ada, Cleo" in page.text and 'class="box"' in page.text
+    assert 'href="/findme/people?person=p1&amp;person=p3&amp;match=all&amp;page=next-token"' in page.text
+    second = pages.get("/findme/people", params={"person": ["p1", "p3"], "match": "all", "page": "next-token"})
+    assert gateway.calls[-1][-1] == "next-token" and "More photos" not in second.text
+    assert 'href="/findme/people?person=p1&amp;person=p3&amp;match=all">Back to the first page' in second.text
+    anyone = pages.get("/findme/people", params={"person": ["p3", "p1", "p3"], "match": "any"})
+    assert "Photos of Cleo or Ada" in anyone.text and gateway.calls[-1][1:3] == (["p3", "p1"], False)
+
+
+def test_photos_with_several_people_need_two_of_them(pages, gateway):
+    for params in ({"person": "p1"}, {}, {"person": ["p1", "p1"]}):
+        page = pages.get("/findme/people", params=params)
+        assert page.status_code == 400 and "Tick two people or more" in page.text and 'role="alert"' in page.text
+    assert pages.get("/findme/people", params={"person": ["p1", "p3"], "match": "most"}).status_code == 400
+    assert not [c for c in gateway.calls if c[0] == "find_people"]
 
 
 def test_a_selfie_finds_the_photos_boxed_and_the_next_page_sends_it_again(pages, gateway):

@@ -214,3 +214,42 @@ def test_the_people_page_by_keyboard_and_on_a_phone(browser, site, gateway, tmp_
     problems = page.problems
     context.close()
     assert not problems, problems
+
+
+def tab_to(page, target, presses: int = 80) -> None:
+    """Tab from where the focus is until ``target`` (a locator) has it."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if target.evaluate("el => el === document.activeElement"):
+            return
+    pytest.fail(f"{target} cannot be reached with Tab")
+
+
+def test_photos_of_two_people_together_by_keyboard_on_a_phone(browser, site, gateway, labels, tmp_path):
+    [marco] = [p for p in gateway.list_people() if p.display_name.startswith("Marco")]
+    woman = gateway.enroll("W", [ALBUM / "3.jpg", ALBUM / "6.jpg"]).person_id
+    context = browser.new_context(viewport={"width": 390, "height": 800}, is_mobile=True)
+    page = watched(context.new_page())
+    visit(page, site + "/")
+    indexing = page.locator("[data-indexing]")
+    assert indexing.inner_text().startswith("No indexing running; last finished "), indexing.inner_text()
+    page.wait_for_timeout(3500)  # the script has polled /progress (a failed request would be a problem)
+    assert indexing.inner_text().startswith("No indexing running; last finished ")
+    for person in (marco.person_id, woman):
+        tab_to(page, page.locator(f'#together input[value="{person}"]'))
+        page.keyboard.press("Space")
+    assert page.locator('#together input[value="all"]').is_checked()
+    screenshot(page, "home-together", tmp_path)
+    tab_to(page, page.get_by_role("button", name="Find the photos"))
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#matches")
+    assert page.locator("h1").inner_text() == f"Photos of {marco.display_name} and W"
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "no sideways scrolling"
+    found = {text.split()[0] for text in page.locator(".match .caption").all_inner_texts()}
+    both = {name for name, photo in labels["photoprism"]["photos"].items() if {"M", "W"} <= set(photo["people"])}
+    assert found and found <= both, (found, both)
+    assert page.locator(".match .with").first.inner_text() == f"with {marco.display_name}, W"
+    screenshot(page, "together", tmp_path)
+    problems = page.problems
+    context.close()
+    assert not problems, problems

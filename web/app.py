@@ -6,7 +6,9 @@ Pages: ``/`` (counts, clustering progress, find me by a selfie or a person), ``/
 (the photos found, best first, paged, the face boxed), ``/people`` (rename, hide, merge),
 ``/people/{id}`` (their faces; "not this person"), ``/clusters`` and ``/clusters/{id}``
 (review: name it, leaving out the faces that are not them), ``/photo`` (a photo's faces and
-who they are). ``/media/photo``, ``/media/view`` and ``/media/face`` send the pixels.
+who they are), ``/findme/people`` (the photos with all, or any, of several people).
+``/media/photo``, ``/media/view`` and ``/media/face`` send the pixels; ``/progress`` and
+``/api/status`` are the JSON the home page's script polls.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import hashlib
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import grpc
 import prometheus_client
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image, UnidentifiedImageError
@@ -96,15 +98,58 @@ def box_of(value: str) -> tuple[float, float, float, float]:
     return x_min, y_min, x_max, y_max
 
 
+def when(stamp: Any) -> str:
+    """A protobuf Timestamp as the pages show it."""
+    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def plural(count: int, word: str, many: str = "") -> str:
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def indexing_json(indexing: facesearch_pb2.IndexingProgress) -> dict:
+    """The gateway's indexing progress (``StatsResponse.indexing``), with the sentence the home page shows."""
+    run = indexing.run
+    last = when(indexing.last_photo_at) if indexing.HasField("last_photo_at") else None
+    if indexing.streams_open:
+        summary = (
+            f"Indexing: {plural(indexing.streams_open, 'stream')}, {run.photos_done} of "
+            f"{plural(run.photos_received, 'photo')} received done ({run.photos_failed} failed, "
+            f"{plural(run.photos_duplicate, 'duplicate')}, {run.photos_no_face} without a face), "
+            f"{indexing.photos_per_second:.1f} photos/s"
+        ) + (f", last at {last}" if last else "")
+    elif last:
+        summary = f"No indexing running; last finished {last} ({plural(run.photos_done, 'photo')} in the last run)."
+    else:
+        summary = "No indexing running; none since the gateway started."
+    return {
+        "streams_open": indexing.streams_open,
+        "photos_received": run.photos_received,
+        "photos_done": run.photos_done,
+        "photos_failed": run.photos_failed,
+        "photos_duplicate": run.photos_duplicate,
+        "photos_no_face": run.photos_no_face,
+        "faces_stored": run.faces_stored,
+        "photos_per_second": round(indexing.photos_per_second, 2),
+        "last_photo_at": indexing.last_photo_at.ToJsonString() if last else None,
+        "total_photos_done": indexing.total.photos_done,
+        "summary": summary,
+    }
+
+
 def create_app(
     client: Any,
     roots: Sequence[str | Path],
     *,
     max_upload_bytes: int = 15 * 1024 * 1024,
     cache_max_age_s: int = 3600,
+    s3_roots: Sequence[str] = (),
+    s3_client: Callable[[], Any] = media.s3_client,
 ) -> FastAPI:
-    """The app, calling the gateway through ``client`` (a ``sdk.client.FaceSearchClient``)."""
-    archive_roots = media.archive_roots(roots)
+    """The app, calling the gateway through ``client`` (a ``sdk.client.FaceSearchClient``);
+    photos are read from the folders ``roots`` and the ``s3://bucket/prefix`` ``s3_roots``
+    (with the boto3 client that ``s3_client`` makes when a photo is first read from a bucket)."""
+    archive = media.Archive(media.archive_roots(roots), media.bucket_roots(s3_roots), s3_client)
     app = FastAPI(title="facesearch", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -123,7 +168,7 @@ def create_app(
     def box_style(uri: str, box: Any) -> str | None:
         """The CSS placing a face's box over its photo, in percent; None when it cannot be shown."""
         try:
-            width, height = media.photo_size(media.resolve(uri, archive_roots))
+            width, height = media.photo_size(archive.resolve(uri))
         except media.Refused:
             return None
         return (
@@ -134,7 +179,7 @@ def create_app(
     def servable(uri: str) -> str | None:
         """Why the photo at ``uri`` is not shown; None when it is."""
         try:
-            media.resolve(uri, archive_roots)
+            archive.resolve(uri)
         except media.Refused as refused:
             return refused.message
         return None
@@ -168,8 +213,8 @@ def create_app(
     async def refused(_request: Request, error: media.Refused) -> Response:
         return Response(error.message, status_code=error.status, media_type="text/plain", headers=SECURITY_HEADERS)
 
-    def status_json() -> dict:
-        stats = call(client.stats)
+    def status_json(stats: Any = None) -> dict:
+        stats = stats or call(client.stats)
         status = call(client.clustering_status)
         return {
             "photos": stats.photos,
@@ -182,16 +227,20 @@ def create_app(
             "clustering_error": status.error,
         }
 
+    def progress_json() -> dict:
+        return indexing_json(call(client.stats).indexing)
+
     def home_context() -> dict:
         try:
-            counts = status_json()
+            stats = call(client.stats)
+            counts, indexing = status_json(stats), indexing_json(stats.indexing)
         except PageError as error:
-            counts = {"unavailable": error.message}
+            counts, indexing = {"unavailable": error.message}, None
         try:
             people = call(client.list_people)
         except PageError:
             people = []
-        return {"counts": counts, "people": people}
+        return {"counts": counts, "indexing": indexing, "people": people}
 
     # --- pages ------------------------------------------------------------------------------
 
@@ -202,6 +251,10 @@ def create_app(
     @app.get("/api/status")
     def api_status() -> JSONResponse:
         return JSONResponse(status_json(), headers={"Cache-Control": "no-store"})
+
+    @app.get("/progress")
+    def progress() -> JSONResponse:
+        return JSONResponse(progress_json(), headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -224,6 +277,37 @@ def create_app(
             settings=reply.settings,
             title=names.get(person, person),
             person=person,
+            next_page=reply.next_page_token,
+            first=not page,
+            selfie="",
+        )
+
+    @app.get("/findme/people", response_class=HTMLResponse)
+    def find_people(
+        request: Request, person: Annotated[list[str] | None, Query()] = None, match: str = "all", page: str = ""
+    ) -> HTMLResponse:
+        chosen = list(dict.fromkeys(p for p in person or () if p))
+        if len(chosen) < 2:
+            raise PageError(400, "Tick two people or more to find the photos with them.", page="home.html")
+        if match not in ("all", "any"):
+            raise PageError(400, "match: all or any", page="home.html")
+        reply = call(
+            client.find_people, chosen, match_all=match == "all", limit=PAGE_SIZE, page_token=page, page="home.html"
+        )
+        names = {p.person_id: p.display_name or p.person_id for p in call(client.list_people, include_hidden=True)}
+        shown = [names.get(p, p) for p in chosen]
+        title = ", ".join(shown[:-1]) + (" and " if match == "all" else " or ") + shown[-1]
+        query = [("person", p) for p in chosen] + [("match", match)]
+        return render(
+            request,
+            "results.html",
+            matches=reply.matches,
+            settings=reply.settings,
+            title=title,
+            person="",
+            names=names,
+            first_url="/findme/people?" + urlencode(query),
+            next_url="/findme/people?" + urlencode([*query, ("page", reply.next_page_token)]),
             next_page=reply.next_page_token,
             first=not page,
             selfie="",
@@ -371,9 +455,9 @@ def create_app(
 
     @app.get("/photo", response_class=HTMLResponse)
     def photo_page(request: Request, uri: str, id: str = "") -> HTMLResponse:
-        photo = media.resolve(uri, archive_roots)
+        photo = archive.resolve(uri)
         try:
-            faces = client.identify(photo.path.read_bytes(), top_k=3).faces
+            faces = client.identify(photo.read(), top_k=3).faces
             note = ""
         except FaceSearchError as error:
             if error.code != grpc.StatusCode.INVALID_ARGUMENT:
@@ -383,7 +467,7 @@ def create_app(
 
     # --- pixels -----------------------------------------------------------------------------
 
-    def cached(request: Request, photo: media.ArchivePhoto, variant: str, make: Callable[[], Response]) -> Response:
+    def cached(request: Request, photo: media.Photo, variant: str, make: Callable[[], Response]) -> Response:
         etag = f'"{photo.etag}-{hashlib.sha256(variant.encode()).hexdigest()[:12]}"'
         headers = {
             "Cache-Control": f"private, max-age={cache_max_age_s}",
@@ -398,17 +482,27 @@ def create_app(
 
     @app.get("/media/photo")
     def photo_file(request: Request, uri: str) -> Response:
-        photo = media.resolve(uri, archive_roots)
+        photo = archive.resolve(uri)
+        if isinstance(photo, media.BucketPhoto):
+            return cached(request, photo, "file", lambda: object_response(photo))
         kind = media.content_type(photo)
         if kind is None:  # not a format browsers show, or turned by its EXIF orientation
             return cached(request, photo, "upright", lambda: jpeg_response(media.resized(photo, media.MAX_SIDE)))
         return cached(request, photo, "file", lambda: FileResponse(photo.path, media_type=kind))
 
+    def object_response(photo: media.BucketPhoto) -> Response:
+        """The object streamed from the bucket as it is, or an upright JPEG copy (as a file's)."""
+        sent = media.object_stream(photo)
+        if sent is None:
+            return jpeg_response(media.resized(photo, media.MAX_SIDE))
+        kind, chunks = sent
+        return StreamingResponse(chunks, media_type=kind, headers={"Content-Length": str(photo.size)})
+
     @app.get("/media/view")
     def photo_view(request: Request, uri: str, w: int = 480) -> Response:
         if w not in VIEW_WIDTHS:
             raise PageError(400, f"w: one of {', '.join(map(str, VIEW_WIDTHS))}")
-        photo = media.resolve(uri, archive_roots)
+        photo = archive.resolve(uri)
         return cached(request, photo, f"w{w}", lambda: jpeg_response(media.resized(photo, w)))
 
     @app.get("/media/face")
@@ -416,7 +510,7 @@ def create_app(
         if s not in THUMBNAIL_SIZES:
             raise PageError(400, f"s: one of {', '.join(map(str, THUMBNAIL_SIZES))}")
         where = box_of(box)
-        photo = media.resolve(uri, archive_roots)
+        photo = archive.resolve(uri)
         return cached(request, photo, f"f{box}-{s}", lambda: jpeg_response(media.face(photo, where, s)))
 
     return app

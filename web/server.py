@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import uvicorn
 
 from sdk.client import FaceSearchClient
 from web.app import create_app
+from web.media import s3_client
 from web.settings import WebSettings
 
 
@@ -19,6 +21,8 @@ def build_app(settings: WebSettings, client: FaceSearchClient | None = None):
         settings.roots,
         max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
         cache_max_age_s=settings.cache_max_age_s,
+        s3_roots=settings.buckets,
+        s3_client=functools.partial(s3_client, settings.s3_endpoint_url, settings.s3_region),
     )
 
 

@@ -33,6 +33,15 @@ class WebSettings(ServiceSettings):
         description="The folders photos are served from, separated by ':'; a photo whose URI lies "
         "elsewhere is not shown. Empty: no photo is served.",
     )
+    s3_roots: str = Field(
+        "",
+        description="The s3://bucket/prefix URIs photos in buckets are served from, separated by commas or "
+        "spaces; a photo whose s3:// URI lies elsewhere is not shown. Empty: no photo in a bucket is served.",
+    )
+    s3_endpoint_url: str = Field(
+        "", description="Another S3-compatible server; empty: AWS_ENDPOINT_URL, else AWS's own endpoints."
+    )
+    s3_region: str = Field("", description="The buckets' region; empty: AWS_REGION / AWS_DEFAULT_REGION.")
     max_upload_mb: float = Field(15.0, gt=0, description="Largest selfie accepted.")
     gateway_timeout_s: float = Field(60.0, gt=0)
     cache_max_age_s: int = Field(3600, ge=0, description="How long browsers may keep a photo or thumbnail.")
@@ -40,6 +49,10 @@ class WebSettings(ServiceSettings):
     @property
     def roots(self) -> list[Path]:
         return [Path(part) for part in self.archive_roots.split(os.pathsep) if part]
+
+    @property
+    def buckets(self) -> list[str]:
+        return self.s3_roots.replace(",", " ").split()
 
     def key(self) -> str:
         key = self.api_key.get_secret_value()

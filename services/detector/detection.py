@@ -37,6 +37,7 @@ from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
 from services.detector.images import DecodedImage
 from services.detector.quality import blur_variance
 from services.detector.settings import DetectorSettings
+from services.embedder.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class DetectionOptions:
     include_crops: bool = True
     crop_margin: float = 0.1
     max_faces: int = 0
+    # The crop's side and how the face is put onto it (an alignment of services/detector/alignment.py).
+    crop_size: int = DEFAULT_MODEL.crop.side
+    alignment: str = DEFAULT_MODEL.crop.alignment
 
 
 @dataclass
@@ -101,6 +105,8 @@ class FaceDetector:
             min_confidence=self.settings.min_confidence,
             min_face_size=self.settings.min_face_size,
             crop_margin=self.settings.crop_margin,
+            crop_size=self.settings.crop_size,
+            alignment=self.settings.alignment,
         )
 
     def detect(self, images: list[DecodedImage], options: DetectionOptions) -> list[Detection]:
@@ -261,9 +267,9 @@ class FaceDetector:
                     image.pixels,
                     box * image.scale,
                     landmarks * image.scale,
-                    self.settings.crop_size,
+                    options.crop_size,
                     options.crop_margin,
-                    self.settings.alignment,
+                    options.alignment,
                 )
             except ValueError:  # an empty box, or all landmarks at one point: nothing to crop
                 continue
@@ -298,7 +304,7 @@ class FaceDetector:
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
         square = pixels[top : top + side, left : left + side]
-        size = self.settings.crop_size
+        size = options.crop_size
         crop = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
         variance = blur_variance(crop)
         box = np.array([left, top, left + side, top + side], dtype=np.float64) / image.scale

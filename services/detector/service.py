@@ -11,9 +11,12 @@ import numpy as np
 
 from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector.admission import Overloaded, PhotosInHand
+from services.detector.alignment import check_alignment
 from services.detector.detection import Detection, DetectionOptions, FaceDetector
 from services.detector.images import DecodeBudget, DecodeBusy, DecodedImage, ImageError, ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
+from services.embedder import models
+from services.embedder.models import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +113,20 @@ class DetectorService(detector_pb2_grpc.DetectorServicer):
             raise InvalidRequest(f"options.crop_margin must be in [0, 0.5), got {message.crop_margin}")
         if message.max_faces < 0:
             raise InvalidRequest(f"options.max_faces must not be negative, got {message.max_faces}")
+        crop_size, alignment, crop_margin = defaults.crop_size, defaults.alignment, defaults.crop_margin
+        if message.crop_model and message.crop_model != self.settings.embedding_model:
+            model = _crop_model(message.crop_model)
+            crop_size, alignment, crop_margin = model.crop.side, model.crop.alignment, model.crop.margin
         return DetectionOptions(
             min_confidence=message.min_confidence or defaults.min_confidence,
             min_face_size=message.min_face_size or defaults.min_face_size,
             skip_blurred=message.skip_blurred,
             whole_image_fallback=message.whole_image_fallback,
             include_crops=not message.omit_crops,
-            crop_margin=message.crop_margin or defaults.crop_margin,
+            crop_margin=message.crop_margin or crop_margin,
             max_faces=message.max_faces,
+            crop_size=crop_size,
+            alignment=alignment,
         )
 
     def _response(self, detection: Detection) -> detector_pb2.DetectResponse:
@@ -174,3 +183,13 @@ def _landmarks(points: np.ndarray) -> common_pb2.Landmarks:
     return common_pb2.Landmarks(
         left_eye=left_eye, right_eye=right_eye, nose=nose, mouth_left=mouth_left, mouth_right=mouth_right
     )
+
+
+def _crop_model(model_id: str) -> EmbeddingModel:
+    """The registered embedding model whose crops a call asks for."""
+    try:
+        model = models.by_id(model_id)
+        check_alignment(model.crop.alignment)
+    except ValueError as error:
+        raise InvalidRequest(f"options.crop_model: {error}") from None
+    return model

@@ -94,12 +94,12 @@ class FaceIndex:
     # --- validation -----------------------------------------------------------------------
 
     @staticmethod
-    def _tenant(tenant: str) -> str:
+    def checked_tenant(tenant: str) -> str:
         if not tenant or not tenant.strip():
             raise InvalidRequest("tenant is required")
         return tenant
 
-    def _model(self, model_id: str, size: int | None = None) -> tuple[str, int]:
+    def checked_model(self, model_id: str, size: int | None = None) -> tuple[str, int]:
         if not model_id:
             raise InvalidRequest("model id is required")
         if model_id not in self.models:
@@ -124,7 +124,7 @@ class FaceIndex:
         return np.stack(vectors) if vectors else np.zeros((0, size), np.float32)
 
     def _conditions(self, tenant: str, face_filter: FaceFilter | None = None, **extra: tuple[str, ...]) -> Conditions:
-        match: dict[str, tuple[str | int, ...]] = {"tenant": (self._tenant(tenant),)}
+        match: dict[str, tuple[str | int, ...]] = {"tenant": (self.checked_tenant(tenant),)}
         if face_filter is not None:
             if face_filter.person_ids:
                 match["person_id"] = tuple(face_filter.person_ids)
@@ -156,7 +156,7 @@ class FaceIndex:
     def _existing_collections(self, model_id: str) -> list[str]:
         """The collections a model-optional call covers (all known models when empty)."""
         if model_id:
-            names = [collection_name(*self._model(model_id))]
+            names = [collection_name(*self.checked_model(model_id))]
         else:
             names = [collection_name(m, size) for m, size in self.models.items()]
         present = set(self.store.collections())
@@ -165,8 +165,8 @@ class FaceIndex:
     # --- operations -----------------------------------------------------------------------
 
     def upsert(self, tenant: str, model_id: str, size: int, faces: list[NewFace]) -> list[str]:
-        tenant = self._tenant(tenant)
-        model_id, size = self._model(model_id, size)
+        tenant = self.checked_tenant(tenant)
+        model_id, size = self.checked_model(model_id, size)
         if not faces:
             raise InvalidRequest("no faces to upsert")
         if len(faces) > self.max_batch:
@@ -213,7 +213,7 @@ class FaceIndex:
         with_vectors: bool = False,
     ) -> list[list[ScoredFace]]:
         conditions = self._conditions(tenant, face_filter)
-        model_id, size = self._model(model_id, size)
+        model_id, size = self.checked_model(model_id, size)
         if not vectors:
             raise InvalidRequest("no query vectors")
         if len(vectors) > self.max_query_vectors:
@@ -261,7 +261,7 @@ class FaceIndex:
         with_vectors: bool = False,
     ) -> Page:
         conditions = self._conditions(tenant, face_filter)
-        model_id, size = self._model(model_id, size)
+        model_id, size = self.checked_model(model_id, size)
         page_size = page_size or 100
         if not 1 <= page_size <= self.max_page_size:
             raise InvalidRequest(f"page_size must be in [1, {self.max_page_size}], got {page_size}")

@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from facesearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from services.search.faces import FaceFilter, FaceIndex, InvalidRequest, NewFace, Selector
 from services.search.store.base import StoredFace
+from services.search.tenant_models import ChoiceChanged, TenantModel, TenantModels
 
 _SOURCE_NAMES = {search_pb2.FACE_SOURCE_GALLERY: "gallery", search_pb2.FACE_SOURCE_ENROLLMENT: "enrollment"}
 _SOURCE_ENUMS = {name: value for value, name in _SOURCE_NAMES.items()}
@@ -21,6 +22,7 @@ _SOURCE_ENUMS = {name: value for value, name in _SOURCE_NAMES.items()}
 class SearchService(search_pb2_grpc.SearchServicer):
     def __init__(self, index: FaceIndex, executor: Executor) -> None:
         self.index = index
+        self.tenant_models = TenantModels(index.store, index)
         self.executor = executor
 
     async def _call(self, context: grpc.aio.ServicerContext, function, *args, **kwargs):
@@ -29,6 +31,8 @@ class SearchService(search_pb2_grpc.SearchServicer):
             return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except ChoiceChanged as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
 
     async def Upsert(self, request: search_pb2.UpsertRequest, context) -> search_pb2.UpsertResponse:
         faces = [NewFace(vector=list(f.vector), payload=_payload(f.payload), id=f.id) for f in request.faces]
@@ -84,6 +88,38 @@ class SearchService(search_pb2_grpc.SearchServicer):
             with_vectors=request.with_vectors,
         )
         return search_pb2.ScrollResponse(faces=[_record(face) for face in page.faces], next_page_token=page.next_token)
+
+    async def GetTenantModel(
+        self, request: search_pb2.GetTenantModelRequest, context
+    ) -> search_pb2.GetTenantModelResponse:
+        choice = await self._call(context, self.tenant_models.get, request.tenant)
+        return search_pb2.GetTenantModelResponse(choice=_tenant_model(choice))
+
+    async def SetTenantModel(
+        self, request: search_pb2.SetTenantModelRequest, context
+    ) -> search_pb2.SetTenantModelResponse:
+        model = request.model
+        chosen = await self._call(
+            context,
+            self.tenant_models.set,
+            request.tenant,
+            model.id,
+            model.version,
+            model.dimension,
+            request.expected_model_id,
+        )
+        return search_pb2.SetTenantModelResponse(choice=_tenant_model(chosen))
+
+
+def _tenant_model(choice: TenantModel) -> search_pb2.TenantModel:
+    message = search_pb2.TenantModel(tenant=choice.tenant, previous_model_id=choice.previous_model_id)
+    if choice.model_id:
+        message.model.CopyFrom(
+            common_pb2.EmbeddingModel(id=choice.model_id, version=choice.version, dimension=choice.dimension)
+        )
+    if choice.changed_at:
+        message.changed_at.FromDatetime(datetime.datetime.fromisoformat(choice.changed_at))
+    return message
 
 
 def _filter(message: search_pb2.FaceFilter) -> FaceFilter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.embedder.models import MODELS
 from services.runtime.page_tokens import PageTokenKey
@@ -52,6 +52,43 @@ class SearchSettings(ServiceSettings):
         "without them (the deletes meanwhile are erased together).",
     )
 
+    quantization: Literal["none", "int8"] = Field(
+        "int8",
+        description="Vectors of new collections: int8 (scalar quantization, 1 byte a dimension, searched "
+        "first, then rescored with the float32 originals) or none (float32 only).",
+    )
+    quantization_quantile: float = Field(
+        0.99, gt=0.5, le=1.0, description="int8: the share of values the quantization range covers."
+    )
+    quantization_always_ram: bool = Field(
+        True, description="int8: keep the quantized vectors in RAM even when the originals are on disk."
+    )
+    vectors_on_disk: bool = Field(
+        True, description="Keep the float32 vectors in memory-mapped files, read through the page cache."
+    )
+    hnsw_on_disk: bool = Field(False, description="Keep the HNSW graph in memory-mapped files.")
+    rescore: bool = Field(
+        True,
+        description="Quantized search: rescore the candidates with the originals, so scores are exact cosines "
+        "(off: approximate int8 scores).",
+    )
+    oversampling: float = Field(
+        2.0, ge=1.0, description="Quantized search: candidates found with int8 per result asked for."
+    )
+    qdrant_sharding: Literal["auto", "tenant"] = Field(
+        "auto",
+        description="Qdrant server: auto (points spread over qdrant_shard_number shards by id; tenants kept "
+        "apart by the is_tenant payload index) or tenant (custom sharding: a shard key per tenant, created on "
+        "its first write, named on every call).",
+    )
+    qdrant_shard_number: int = Field(
+        1, ge=1, description="Qdrant server: shards per collection (auto) or per tenant's shard key (tenant)."
+    )
+    qdrant_replication_factor: int = Field(1, ge=1, description="Qdrant server: copies of each shard.")
+    qdrant_write_consistency_factor: int = Field(
+        1, ge=1, description="Qdrant server: copies that must confirm a write before it is acknowledged."
+    )
+
     @field_validator("models")
     @classmethod
     def _valid_models(cls, models: dict[str, int]) -> dict[str, int]:
@@ -59,3 +96,9 @@ class SearchSettings(ServiceSettings):
             if not model_id or size < 1:
                 raise ValueError(f"model {model_id!r}: size must be positive")
         return models
+
+    @model_validator(mode="after")
+    def _writes_can_be_confirmed(self) -> SearchSettings:
+        if self.qdrant_write_consistency_factor > self.qdrant_replication_factor:
+            raise ValueError("qdrant_write_consistency_factor cannot exceed qdrant_replication_factor")
+        return self

@@ -15,6 +15,14 @@ rolled over: each update is flushed before it is acknowledged instead. A collect
 is vacuumed when it is opened (a delete the process did not live to erase) and when
 the store is closed; a shard of an earlier version, with a write-ahead log, is
 rewritten into a new shard without one when it is opened.
+
+Layout (``VectorLayout``): the vectors can be quantized to int8 (one byte a dimension, kept
+in RAM with ``quantization_always_ram``) with the float32 originals on disk, and the HNSW
+graph on disk. A quantized search finds ``oversampling`` times the candidates asked for with
+the int8 vectors, then rescores them with the originals, so scores are exact cosines. A
+shard keeps the layout it was created with (stored in its ``edge_config.json``): opening it
+with other layout settings logs the difference and changes nothing on disk; the settings
+apply to collections created from then on.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import json
 import logging
 import shutil
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import qdrant_edge as qe
@@ -49,9 +58,48 @@ COPY_PAGE = 1000
 ERASE_RETRY_S = 10.0  # the least wait before an erasure that failed is tried again
 
 
+@dataclass(frozen=True)
+class VectorLayout:
+    """How a shard stores its vectors and HNSW graph."""
+
+    quantization: Literal["none", "int8"] = "none"
+    quantization_quantile: float = 0.99
+    quantization_always_ram: bool = True
+    vectors_on_disk: bool = False
+    hnsw_on_disk: bool = False
+
+    @classmethod
+    def stored(cls, config: dict[str, Any]) -> VectorLayout:
+        """The layout an ``edge_config.json`` describes."""
+        on_disk = {
+            "vectors_on_disk": bool(config["vectors"][""].get("on_disk")),
+            "hnsw_on_disk": bool((config.get("hnsw_config") or {}).get("on_disk")),
+        }
+        scalar = (config.get("quantization_config") or {}).get("scalar")
+        if not scalar:
+            return cls(**on_disk)
+        return cls(
+            quantization="int8",
+            quantization_quantile=scalar.get("quantile") or cls.quantization_quantile,
+            quantization_always_ram=bool(scalar.get("always_ram")),
+            **on_disk,
+        )
+
+    def differences(self, other: VectorLayout) -> dict[str, tuple[Any, Any]]:
+        """The settings that differ: name -> (this layout's, the other's); the int8 settings
+        only when either layout is quantized."""
+        mine, theirs = asdict(self), asdict(other)
+        unquantized = self.quantization == other.quantization == "none"
+        ignored = {"quantization_quantile", "quantization_always_ram"} if unquantized else set()
+        return {
+            name: (value, theirs[name]) for name, value in mine.items() if name not in ignored and theirs[name] != value
+        }
+
+
 class _Collection:
-    def __init__(self, shard: qe.EdgeShard) -> None:
+    def __init__(self, shard: qe.EdgeShard, layout: VectorLayout) -> None:
         self.shard = shard
+        self.layout = layout
         self.write_lock = threading.Lock()
         self.optimize_lock = threading.Lock()
         self.unindexed = 0
@@ -69,6 +117,9 @@ class EdgeFaceStore(FaceStore):
         optimize_after: int = 5000,
         indexing_threshold_kb: int = 20_000,
         erase_after_s: float = 60.0,
+        layout: VectorLayout | None = None,
+        rescore: bool = True,
+        oversampling: float = 2.0,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -78,20 +129,34 @@ class EdgeFaceStore(FaceStore):
         self.optimize_after = optimize_after
         self.indexing_threshold_kb = indexing_threshold_kb
         self.erase_after_s = erase_after_s
+        self.layout = layout or VectorLayout()
+        self.rescore = rescore
+        self.oversampling = oversampling
         self._collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
         self._optimizers: list[threading.Thread] = []
         self._closing = False
         _finish_rewrites(self.path)
         for folder in sorted(p for p in self.path.iterdir() if p.is_dir()):
-            self._open(folder.name, self._load(folder))
+            self._open(folder.name, *self._load(folder))
 
-    def _config(self, size: int) -> qe.EdgeConfig:
+    def _config(self, size: int, layout: VectorLayout) -> qe.EdgeConfig:
+        quantization = None
+        if layout.quantization == "int8":
+            quantization = qe.ScalarQuantizationConfig(
+                qe.ScalarType.Int8,
+                quantile=layout.quantization_quantile,
+                always_ram=layout.quantization_always_ram,
+            )
         return qe.EdgeConfig(
-            vectors={"": qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)},
+            vectors={"": qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, on_disk=layout.vectors_on_disk)},
             hnsw_config=qe.HnswIndexConfig(
-                m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=10_000
+                m=self.hnsw_m,
+                ef_construct=self.hnsw_ef_construct,
+                full_scan_threshold=10_000,
+                on_disk=layout.hnsw_on_disk,
             ),
+            quantization_config=quantization,
             optimizers=qe.EdgeOptimizersConfig(
                 # Segments smaller than this are searched exactly; larger ones get an HNSW index.
                 indexing_threshold=self.indexing_threshold_kb,
@@ -101,12 +166,20 @@ class EdgeFaceStore(FaceStore):
             wal_enabled=False,
         )
 
-    def _load(self, folder: Path) -> qe.EdgeShard:
-        """Opens a shard with this store's configuration; one with a write-ahead log is rewritten first."""
+    def _load(self, folder: Path) -> tuple[qe.EdgeShard, VectorLayout]:
+        """Opens a shard with this store's configuration and the layout it was created with;
+        one with a write-ahead log is rewritten first."""
         stored = json.loads((folder / "edge_config.json").read_text())
-        config = self._config(stored["vectors"][""]["size"])
+        layout = VectorLayout.stored(stored)
+        differences = layout.differences(self.layout)
+        if differences:
+            log.warning(
+                "collection keeps the vector layout it was created with",
+                extra={"collection": folder.name, "stored_vs_settings": differences},
+            )
+        config = self._config(stored["vectors"][""]["size"], layout)
         if stored.get("wal_enabled") is False:
-            return qe.EdgeShard.load(str(folder), config)
+            return qe.EdgeShard.load(str(folder), config), layout
         old = qe.EdgeShard.load(str(folder))
         rewrite = folder.with_name(folder.name + REWRITE_SUFFIX)
         shutil.rmtree(rewrite, ignore_errors=True)
@@ -129,10 +202,10 @@ class EdgeFaceStore(FaceStore):
         rewrite.rename(folder)
         shutil.rmtree(replaced)
         log.info("rewritten without a write-ahead log", extra={"collection": folder.name, "points": copied})
-        return qe.EdgeShard.load(str(folder), config)
+        return qe.EdgeShard.load(str(folder), config), layout
 
-    def _open(self, name: str, shard: qe.EdgeShard) -> _Collection:
-        collection = _Collection(shard)
+    def _open(self, name: str, shard: qe.EdgeShard, layout: VectorLayout) -> _Collection:
+        collection = _Collection(shard, layout)
         self._collections[name] = collection
         info = shard.info()
         collection.unindexed = max(0, info.points_count - info.indexed_vectors_count)
@@ -156,7 +229,7 @@ class EdgeFaceStore(FaceStore):
         with self._lock:
             if name in self._collections:
                 return
-            self._open(name, self._create(self.path / name, self._config(size)))
+            self._open(name, self._create(self.path / name, self._config(size, self.layout)), self.layout)
 
     def collections(self) -> list[str]:
         return sorted(self._collections)
@@ -243,7 +316,7 @@ class EdgeFaceStore(FaceStore):
                 score_threshold=score_threshold,
                 with_payload=True,
                 with_vector=with_vectors,
-                params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit), exact=exact),
+                params=self._search_params(collection.layout, limit, exact),
             )
             for vector in vectors
         ]
@@ -252,6 +325,16 @@ class EdgeFaceStore(FaceStore):
             [ScoredFace(str(p.id), float(p.score), as_vector(p.vector), dict(p.payload or {})) for p in hits]
             for hits in results
         ]
+
+    def _search_params(self, layout: VectorLayout, limit: int, exact: bool) -> qe.SearchParams:
+        """HNSW beam width; on a quantized collection, oversampling and rescoring with the
+        originals (an exact search skips the int8 vectors altogether)."""
+        quantization = None
+        if layout.quantization != "none":
+            quantization = qe.QuantizationSearchParams(
+                ignore=exact, rescore=self.rescore, oversampling=self.oversampling
+            )
+        return qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit), exact=exact, quantization=quantization)
 
     def delete(self, name: str, conditions: Conditions) -> int:
         collection = self._get(name)

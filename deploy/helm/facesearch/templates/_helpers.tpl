@@ -151,7 +151,8 @@ spec:
 {{- end -}}
 
 {{/* A Service for one component: ports is a list of {name, port}; name, type, headless,
-annotations and metrics (a Service for Prometheus: labelled for the ServiceMonitors) optional. */}}
+annotations, metrics (a Service for Prometheus: labelled for the ServiceMonitors) and job
+(its Prometheus job, default the component) optional. */}}
 {{- define "facesearch.service" -}}
 apiVersion: v1
 kind: Service
@@ -161,6 +162,7 @@ metadata:
     {{- include "facesearch.labels" . | nindent 4 }}
     {{- if .metrics }}
     facesearch.io/metrics: "true"
+    facesearch.io/job: {{ .job | default .component }}
     {{- end }}
   {{- with .annotations }}
   annotations:
@@ -294,7 +296,32 @@ spec:
 {{- toYaml $resources -}}
 {{- end -}}
 
-{{/* The headless Service of one component's metrics port, which its ServiceMonitor selects. */}}
+{{/* The headless Service of one component's metrics port, which its ServiceMonitor selects;
+job: its Prometheus job (default: the component). */}}
 {{- define "facesearch.metricsService" -}}
 {{ include "facesearch.service" (merge (dict "name" (printf "%s-metrics" (include "facesearch.component" .)) "headless" true "metrics" true "ports" (list (dict "name" "metrics" "port" .values.metricsPort))) .) }}
+{{- end -}}
+
+{{/* The component (and name suffix) of the embedder of extraModels entry with this id. */}}
+{{- define "facesearch.extraEmbedder" -}}
+{{- printf "embedder-%s" . -}}
+{{- end -}}
+
+{{/* Fails on an extraModels entry that repeats another's id or is model.id. */}}
+{{- define "facesearch.checkExtraModels" -}}
+{{- $seen := list .Values.model.id -}}
+{{- range .Values.extraModels -}}
+{{- if eq .id $.Values.model.id -}}
+{{- fail (printf "extraModels: %s is model.id, which the embedder serves already; list only other models" .id) -}}
+{{- end -}}
+{{- if has .id $seen -}}
+{{- fail (printf "extraModels: %s is listed twice; list each model once" .id) -}}
+{{- end -}}
+{{- $seen = append $seen .id -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The gateway's address inside the cluster: its Service and port, as the Jobs call it. */}}
+{{- define "facesearch.gatewayAddress" -}}
+{{- printf "%s:%v" (include "facesearch.component" (dict "root" . "component" "gateway")) .Values.gateway.port -}}
 {{- end -}}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from facesearch.v1 import common_pb2 as facesearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61\x63\x65search/v1/detector.proto\x12\rfacesearch.v1\x1a\x1a\x66\x61\x63\x65search/v1/common.proto\"\xae\x01\n\rDetectOptions\x12\x16\n\x0emin_confidence\x18\x01 \x01(\x02\x12\x15\n\rmin_face_size\x18\x02 \x01(\x05\x12\x14\n\x0cskip_blurred\x18\x03 \x01(\x08\x12\x1c\n\x14whole_image_fallback\x18\x04 \x01(\x08\x12\x12\n\nomit_crops\x18\x05 \x01(\x08\x12\x13\n\x0b\x63rop_margin\x18\x06 \x01(\x02\x12\x11\n\tmax_faces\x18\x07 \x01(\x05\"c\n\rDetectRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.facesearch.v1.Image\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.facesearch.v1.DetectOptions\"\xbe\x01\n\x0e\x44\x65tectResponse\x12\"\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x13.facesearch.v1.Face\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x14\n\x0cimage_format\x18\x04 \x01(\t\x12\x16\n\x0ethreshold_used\x18\x05 \x01(\x02\x12\x10\n\x08\x64\x65tector\x18\x06 \x01(\t\x12\x1d\n\x15\x62lurred_faces_skipped\x18\x07 \x01(\x05\"i\n\x12\x44\x65tectBatchRequest\x12$\n\x06images\x18\x01 \x03(\x0b\x32\x14.facesearch.v1.Image\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.facesearch.v1.DetectOptions\"{\n\x0f\x44\x65tectBatchItem\x12\x32\n\tdetection\x18\x01 \x01(\x0b\x32\x1d.facesearch.v1.DetectResponseH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.facesearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"D\n\x13\x44\x65tectBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.facesearch.v1.DetectBatchItem2\xa7\x01\n\x08\x44\x65tector\x12\x45\n\x06\x44\x65tect\x12\x1c.facesearch.v1.DetectRequest\x1a\x1d.facesearch.v1.DetectResponse\x12T\n\x0b\x44\x65tectBatch\x12!.facesearch.v1.DetectBatchRequest\x1a\".facesearch.v1.DetectBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61\x63\x65search/v1/detector.proto\x12\rfacesearch.v1\x1a\x1a\x66\x61\x63\x65search/v1/common.proto\"\xc2\x01\n\rDetectOptions\x12\x16\n\x0emin_confidence\x18\x01 \x01(\x02\x12\x15\n\rmin_face_size\x18\x02 \x01(\x05\x12\x14\n\x0cskip_blurred\x18\x03 \x01(\x08\x12\x1c\n\x14whole_image_fallback\x18\x04 \x01(\x08\x12\x12\n\nomit_crops\x18\x05 \x01(\x08\x12\x13\n\x0b\x63rop_margin\x18\x06 \x01(\x02\x12\x11\n\tmax_faces\x18\x07 \x01(\x05\x12\x12\n\ncrop_model\x18\x08 \x01(\t\"c\n\rDetectRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.facesearch.v1.Image\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.facesearch.v1.DetectOptions\"\xbe\x01\n\x0e\x44\x65tectResponse\x12\"\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x13.facesearch.v1.Face\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x14\n\x0cimage_format\x18\x04 \x01(\t\x12\x16\n\x0ethreshold_used\x18\x05 \x01(\x02\x12\x10\n\x08\x64\x65tector\x18\x06 \x01(\t\x12\x1d\n\x15\x62lurred_faces_skipped\x18\x07 \x01(\x05\"i\n\x12\x44\x65tectBatchRequest\x12$\n\x06images\x18\x01 \x03(\x0b\x32\x14.facesearch.v1.Image\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.facesearch.v1.DetectOptions\"{\n\x0f\x44\x65tectBatchItem\x12\x32\n\tdetection\x18\x01 \x01(\x0b\x32\x1d.facesearch.v1.DetectResponseH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.facesearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"D\n\x13\x44\x65tectBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.facesearch.v1.DetectBatchItem2\xa7\x01\n\x08\x44\x65tector\x12\x45\n\x06\x44\x65tect\x12\x1c.facesearch.v1.DetectRequest\x1a\x1d.facesearch.v1.DetectResponse\x12T\n\x0b\x44\x65tectBatch\x12!.facesearch.v1.DetectBatchRequest\x1a\".facesearch.v1.DetectBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facesearch.v1.detector_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DETECTOPTIONS']._serialized_start=76
-  _globals['_DETECTOPTIONS']._serialized_end=250
-  _globals['_DETECTREQUEST']._serialized_start=252
-  _globals['_DETECTREQUEST']._serialized_end=351
-  _globals['_DETECTRESPONSE']._serialized_start=354
-  _globals['_DETECTRESPONSE']._serialized_end=544
-  _globals['_DETECTBATCHREQUEST']._serialized_start=546
-  _globals['_DETECTBATCHREQUEST']._serialized_end=651
-  _globals['_DETECTBATCHITEM']._serialized_start=653
-  _globals['_DETECTBATCHITEM']._serialized_end=776
-  _globals['_DETECTBATCHRESPONSE']._serialized_start=778
-  _globals['_DETECTBATCHRESPONSE']._serialized_end=846
-  _globals['_DETECTOR']._serialized_start=849
-  _globals['_DETECTOR']._serialized_end=1016
+  _globals['_DETECTOPTIONS']._serialized_end=270
+  _globals['_DETECTREQUEST']._serialized_start=272
+  _globals['_DETECTREQUEST']._serialized_end=371
+  _globals['_DETECTRESPONSE']._serialized_start=374
+  _globals['_DETECTRESPONSE']._serialized_end=564
+  _globals['_DETECTBATCHREQUEST']._serialized_start=566
+  _globals['_DETECTBATCHREQUEST']._serialized_end=671
+  _globals['_DETECTBATCHITEM']._serialized_start=673
+  _globals['_DETECTBATCHITEM']._serialized_end=796
+  _globals['_DETECTBATCHRESPONSE']._serialized_start=798
+  _globals['_DETECTBATCHRESPONSE']._serialized_end=866
+  _globals['_DETECTOR']._serialized_start=869
+  _globals['_DETECTOR']._serialized_end=1036
 # @@protoc_insertion_point(module_scope)

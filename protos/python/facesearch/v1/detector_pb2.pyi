@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DetectOptions(_message.Message):
-    __slots__ = ("min_confidence", "min_face_size", "skip_blurred", "whole_image_fallback", "omit_crops", "crop_margin", "max_faces")
+    __slots__ = ("min_confidence", "min_face_size", "skip_blurred", "whole_image_fallback", "omit_crops", "crop_margin", "max_faces", "crop_model")
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MIN_FACE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SKIP_BLURRED_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class DetectOptions(_message.Message):
     OMIT_CROPS_FIELD_NUMBER: _ClassVar[int]
     CROP_MARGIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FACES_FIELD_NUMBER: _ClassVar[int]
+    CROP_MODEL_FIELD_NUMBER: _ClassVar[int]
     min_confidence: float
     min_face_size: int
     skip_blurred: bool
@@ -23,7 +24,8 @@ class DetectOptions(_message.Message):
     omit_crops: bool
     crop_margin: float
     max_faces: int
-    def __init__(self, min_confidence: _Optional[float] = ..., min_face_size: _Optional[int] = ..., skip_blurred: _Optional[bool] = ..., whole_image_fallback: _Optional[bool] = ..., omit_crops: _Optional[bool] = ..., crop_margin: _Optional[float] = ..., max_faces: _Optional[int] = ...) -> None: ...
+    crop_model: str
+    def __init__(self, min_confidence: _Optional[float] = ..., min_face_size: _Optional[int] = ..., skip_blurred: _Optional[bool] = ..., whole_image_fallback: _Optional[bool] = ..., omit_crops: _Optional[bool] = ..., crop_margin: _Optional[float] = ..., max_faces: _Optional[int] = ..., crop_model: _Optional[str] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
     __slots__ = ("image", "options")

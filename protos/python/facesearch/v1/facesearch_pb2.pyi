@@ -1,4 +1,7 @@
+import datetime
+
 from facesearch.v1 import common_pb2 as _common_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -501,13 +504,165 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("photos", "faces", "people", "settings")
+    __slots__ = ("photos", "faces", "people", "settings", "indexing")
     PHOTOS_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
     PEOPLE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    INDEXING_FIELD_NUMBER: _ClassVar[int]
     photos: int
     faces: int
     people: int
     settings: MatchSettings
-    def __init__(self, photos: _Optional[int] = ..., faces: _Optional[int] = ..., people: _Optional[int] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ...) -> None: ...
+    indexing: IndexingProgress
+    def __init__(self, photos: _Optional[int] = ..., faces: _Optional[int] = ..., people: _Optional[int] = ..., settings: _Optional[_Union[MatchSettings, _Mapping]] = ..., indexing: _Optional[_Union[IndexingProgress, _Mapping]] = ...) -> None: ...
+
+class IndexingProgress(_message.Message):
+    __slots__ = ("streams_open", "run", "total", "photos_per_second", "last_photo_at")
+    STREAMS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    LAST_PHOTO_AT_FIELD_NUMBER: _ClassVar[int]
+    streams_open: int
+    run: IndexingCounts
+    total: IndexingCounts
+    photos_per_second: float
+    last_photo_at: _timestamp_pb2.Timestamp
+    def __init__(self, streams_open: _Optional[int] = ..., run: _Optional[_Union[IndexingCounts, _Mapping]] = ..., total: _Optional[_Union[IndexingCounts, _Mapping]] = ..., photos_per_second: _Optional[float] = ..., last_photo_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class IndexingCounts(_message.Message):
+    __slots__ = ("streams", "photos_received", "photos_done", "photos_failed", "photos_duplicate", "photos_no_face", "faces_stored")
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_DONE_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_NO_FACE_FIELD_NUMBER: _ClassVar[int]
+    FACES_STORED_FIELD_NUMBER: _ClassVar[int]
+    streams: int
+    photos_received: int
+    photos_done: int
+    photos_failed: int
+    photos_duplicate: int
+    photos_no_face: int
+    faces_stored: int
+    def __init__(self, streams: _Optional[int] = ..., photos_received: _Optional[int] = ..., photos_done: _Optional[int] = ..., photos_failed: _Optional[int] = ..., photos_duplicate: _Optional[int] = ..., photos_no_face: _Optional[int] = ..., faces_stored: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TenantModelCollection(_message.Message):
+    __slots__ = ("model", "in_use", "available", "faces")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.EmbeddingModel
+    in_use: bool
+    available: bool
+    faces: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.EmbeddingModel, _Mapping]] = ..., in_use: _Optional[bool] = ..., available: _Optional[bool] = ..., faces: _Optional[int] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[TenantModelCollection]
+    def __init__(self, models: _Optional[_Iterable[_Union[TenantModelCollection, _Mapping]]] = ...) -> None: ...
+
+class ListMigrationPhotosRequest(_message.Message):
+    __slots__ = ("to_model_id", "from_model_id", "page_size", "page_token")
+    TO_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    to_model_id: str
+    from_model_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, to_model_id: _Optional[str] = ..., from_model_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class MigrationPhoto(_message.Message):
+    __slots__ = ("photo_id", "photo_uri", "photo_hash", "faces", "references_only")
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_URI_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_HASH_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_ONLY_FIELD_NUMBER: _ClassVar[int]
+    photo_id: str
+    photo_uri: str
+    photo_hash: str
+    faces: int
+    references_only: bool
+    def __init__(self, photo_id: _Optional[str] = ..., photo_uri: _Optional[str] = ..., photo_hash: _Optional[str] = ..., faces: _Optional[int] = ..., references_only: _Optional[bool] = ...) -> None: ...
+
+class ListMigrationPhotosResponse(_message.Message):
+    __slots__ = ("photos", "next_page_token")
+    PHOTOS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    photos: _containers.RepeatedCompositeFieldContainer[MigrationPhoto]
+    next_page_token: str
+    def __init__(self, photos: _Optional[_Iterable[_Union[MigrationPhoto, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class MigratePhotosRequest(_message.Message):
+    __slots__ = ("to_model_id", "from_model_id", "photos")
+    TO_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_FIELD_NUMBER: _ClassVar[int]
+    to_model_id: str
+    from_model_id: str
+    photos: _containers.RepeatedCompositeFieldContainer[Photo]
+    def __init__(self, to_model_id: _Optional[str] = ..., from_model_id: _Optional[str] = ..., photos: _Optional[_Iterable[_Union[Photo, _Mapping]]] = ...) -> None: ...
+
+class MigratedPhoto(_message.Message):
+    __slots__ = ("photo_id", "faces_moved", "faces_not_found", "error")
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    FACES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    FACES_NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    photo_id: str
+    faces_moved: int
+    faces_not_found: int
+    error: _common_pb2.ItemError
+    def __init__(self, photo_id: _Optional[str] = ..., faces_moved: _Optional[int] = ..., faces_not_found: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
+
+class MigratePhotosResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[MigratedPhoto]
+    def __init__(self, results: _Optional[_Iterable[_Union[MigratedPhoto, _Mapping]]] = ...) -> None: ...
+
+class SwitchModelRequest(_message.Message):
+    __slots__ = ("to_model_id", "from_model_id", "allow_missing")
+    TO_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    to_model_id: str
+    from_model_id: str
+    allow_missing: bool
+    def __init__(self, to_model_id: _Optional[str] = ..., from_model_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
+
+class SwitchModelResponse(_message.Message):
+    __slots__ = ("model", "previous_model_id", "faces_updated", "photos_missing")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FACES_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    PHOTOS_MISSING_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.EmbeddingModel
+    previous_model_id: str
+    faces_updated: int
+    photos_missing: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.EmbeddingModel, _Mapping]] = ..., previous_model_id: _Optional[str] = ..., faces_updated: _Optional[int] = ..., photos_missing: _Optional[int] = ...) -> None: ...
+
+class DropModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class DropModelResponse(_message.Message):
+    __slots__ = ("faces_deleted",)
+    FACES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    faces_deleted: int
+    def __init__(self, faces_deleted: _Optional[int] = ...) -> None: ...

@@ -132,6 +132,31 @@ class FaceSearchStub:
                 request_serializer=facesearch_dot_v1_dot_facesearch__pb2.StatsRequest.SerializeToString,
                 response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/ListModels',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.ListMigrationPhotos = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/ListMigrationPhotos',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.ListMigrationPhotosRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ListMigrationPhotosResponse.FromString,
+                _registered_method=True)
+        self.MigratePhotos = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/MigratePhotos',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.MigratePhotosRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.MigratePhotosResponse.FromString,
+                _registered_method=True)
+        self.SwitchModel = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/SwitchModel',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.SwitchModelRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.SwitchModelResponse.FromString,
+                _registered_method=True)
+        self.DropModel = channel.unary_unary(
+                '/facesearch.v1.FaceSearch/DropModel',
+                request_serializer=facesearch_dot_v1_dot_facesearch__pb2.DropModelRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_facesearch__pb2.DropModelResponse.FromString,
+                _registered_method=True)
 
 
 class FaceSearchServicer:
@@ -278,6 +303,46 @@ class FaceSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Moving the tenant's faces to another embedding model (docs/migration.md).
+        The models the tenant's faces are stored in, the one in use, and the ones
+        this gateway can embed with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMigrationPhotos(self, request, context):
+        """The photos whose faces are stored in one model's collection and not yet in
+        another's, page by page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigratePhotos(self, request, context):
+        """Embeds the stored faces of photos (sent again) with another model and
+        stores them in its collection, with their people, clusters and marks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SwitchModel(self, request, context):
+        """Makes another model's collection the one the tenant's calls use, at once
+        for every call of this replica (the others within model_cache_s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropModel(self, request, context):
+        """Deletes the tenant's faces from the collection of a model not in use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FaceSearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +440,31 @@ def add_FaceSearchServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.StatsRequest.FromString,
                     response_serializer=facesearch_dot_v1_dot_facesearch__pb2.StatsResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ListModelsRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListMigrationPhotos': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMigrationPhotos,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.ListMigrationPhotosRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.ListMigrationPhotosResponse.SerializeToString,
+            ),
+            'MigratePhotos': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigratePhotos,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.MigratePhotosRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.MigratePhotosResponse.SerializeToString,
+            ),
+            'SwitchModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchModel,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.SwitchModelRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.SwitchModelResponse.SerializeToString,
+            ),
+            'DropModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropModel,
+                    request_deserializer=facesearch_dot_v1_dot_facesearch__pb2.DropModelRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_facesearch__pb2.DropModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -893,6 +983,141 @@ class FaceSearch:
             '/facesearch.v1.FaceSearch/Stats',
             facesearch_dot_v1_dot_facesearch__pb2.StatsRequest.SerializeToString,
             facesearch_dot_v1_dot_facesearch__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/ListModels',
+            facesearch_dot_v1_dot_facesearch__pb2.ListModelsRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMigrationPhotos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/ListMigrationPhotos',
+            facesearch_dot_v1_dot_facesearch__pb2.ListMigrationPhotosRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.ListMigrationPhotosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigratePhotos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/MigratePhotos',
+            facesearch_dot_v1_dot_facesearch__pb2.MigratePhotosRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.MigratePhotosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/SwitchModel',
+            facesearch_dot_v1_dot_facesearch__pb2.SwitchModelRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.SwitchModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.FaceSearch/DropModel',
+            facesearch_dot_v1_dot_facesearch__pb2.DropModelRequest.SerializeToString,
+            facesearch_dot_v1_dot_facesearch__pb2.DropModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

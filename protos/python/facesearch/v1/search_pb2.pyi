@@ -226,3 +226,43 @@ class ScrollResponse(_message.Message):
     faces: _containers.RepeatedCompositeFieldContainer[FaceRecord]
     next_page_token: str
     def __init__(self, faces: _Optional[_Iterable[_Union[FaceRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetTenantModelRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class SetTenantModelRequest(_message.Message):
+    __slots__ = ("tenant", "model", "expected_model_id")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    model: _common_pb2.EmbeddingModel
+    expected_model_id: str
+    def __init__(self, tenant: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.EmbeddingModel, _Mapping]] = ..., expected_model_id: _Optional[str] = ...) -> None: ...
+
+class GetTenantModelResponse(_message.Message):
+    __slots__ = ("choice",)
+    CHOICE_FIELD_NUMBER: _ClassVar[int]
+    choice: TenantModel
+    def __init__(self, choice: _Optional[_Union[TenantModel, _Mapping]] = ...) -> None: ...
+
+class SetTenantModelResponse(_message.Message):
+    __slots__ = ("choice",)
+    CHOICE_FIELD_NUMBER: _ClassVar[int]
+    choice: TenantModel
+    def __init__(self, choice: _Optional[_Union[TenantModel, _Mapping]] = ...) -> None: ...
+
+class TenantModel(_message.Message):
+    __slots__ = ("tenant", "model", "previous_model_id", "changed_at")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    model: _common_pb2.EmbeddingModel
+    previous_model_id: str
+    changed_at: _timestamp_pb2.Timestamp
+    def __init__(self, tenant: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.EmbeddingModel, _Mapping]] = ..., previous_model_id: _Optional[str] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -61,6 +61,16 @@ class SearchStub:
                 request_serializer=facesearch_dot_v1_dot_search__pb2.ScrollRequest.SerializeToString,
                 response_deserializer=facesearch_dot_v1_dot_search__pb2.ScrollResponse.FromString,
                 _registered_method=True)
+        self.GetTenantModel = channel.unary_unary(
+                '/facesearch.v1.Search/GetTenantModel',
+                request_serializer=facesearch_dot_v1_dot_search__pb2.GetTenantModelRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_search__pb2.GetTenantModelResponse.FromString,
+                _registered_method=True)
+        self.SetTenantModel = channel.unary_unary(
+                '/facesearch.v1.Search/SetTenantModel',
+                request_serializer=facesearch_dot_v1_dot_search__pb2.SetTenantModelRequest.SerializeToString,
+                response_deserializer=facesearch_dot_v1_dot_search__pb2.SetTenantModelResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -103,6 +113,22 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTenantModel(self, request, context):
+        """The embedding model whose collection holds the tenant's faces in use, when
+        one was chosen (an unset model: none was; the gateway uses its default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantModel(self, request, context):
+        """Chooses the tenant's model, only if the current choice is the expected one
+        (FAILED_PRECONDITION otherwise): a switch is atomic, one winner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +156,16 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.Scroll,
                     request_deserializer=facesearch_dot_v1_dot_search__pb2.ScrollRequest.FromString,
                     response_serializer=facesearch_dot_v1_dot_search__pb2.ScrollResponse.SerializeToString,
+            ),
+            'GetTenantModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantModel,
+                    request_deserializer=facesearch_dot_v1_dot_search__pb2.GetTenantModelRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_search__pb2.GetTenantModelResponse.SerializeToString,
+            ),
+            'SetTenantModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantModel,
+                    request_deserializer=facesearch_dot_v1_dot_search__pb2.SetTenantModelRequest.FromString,
+                    response_serializer=facesearch_dot_v1_dot_search__pb2.SetTenantModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +305,60 @@ class Search:
             '/facesearch.v1.Search/Scroll',
             facesearch_dot_v1_dot_search__pb2.ScrollRequest.SerializeToString,
             facesearch_dot_v1_dot_search__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.Search/GetTenantModel',
+            facesearch_dot_v1_dot_search__pb2.GetTenantModelRequest.SerializeToString,
+            facesearch_dot_v1_dot_search__pb2.GetTenantModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facesearch.v1.Search/SetTenantModel',
+            facesearch_dot_v1_dot_search__pb2.SetTenantModelRequest.SerializeToString,
+            facesearch_dot_v1_dot_search__pb2.SetTenantModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
