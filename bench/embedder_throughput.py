@@ -32,6 +32,15 @@ Then ``--passes`` passes (default 2), each measuring everything once:
 6. A reference: the model alone, without a server, ``--model-batch`` crops per run (ONNX
    Runtime on the CPU; the TorchScript model.pt on the GPU flavour's device).
 
+With ``--shared-memory none,system`` (the client's ``shared_memory`` setting, comma-separated)
+each Triton level in 4 is measured once per way of passing the crops, one right after the other
+against the same server: inside the gRPC requests (``none``) and through POSIX (``system``) or
+CUDA (``cuda``, GPU machines) shared memory; faces/s and latency are reported side by side. The
+first one listed is the one the rest of the report (tuning, speed-ups) uses; the order alternates
+from pass to pass. Shared memory saves the copy of the crops through gRPC, which shows only where
+that copy, not the model, limits the faces/s: large requests (``--faces-per-request``) to a fast
+model.
+
 Speed-ups are reported for both Triton configurations against both naive alternatives.
 Warm-up calls are not timed. The machine's load is measured over the run and over each
 measurement (``bench.report.LoadMeter``). Before each timed part the benchmark waits
@@ -48,6 +57,7 @@ send 20,000 single-face gRPC requests a second: raise ``--faces-per-request`` th
 
     python -m bench.embedder_throughput [--passes 2] [--concurrency 1,4,16] [--faces 256]
     python -m bench.embedder_throughput --flavour torch-cuda-python --concurrency 1,4,16,64
+    python -m bench.embedder_throughput --faces-per-request 16 --shared-memory none,system
     python -m bench.embedder_throughput --render bench/results/embedder_throughput.json
 """
 
@@ -97,6 +107,7 @@ GPU_TARGET_END_TO_END = 20_000  # faces/s through Triton, torch-cuda-python on o
 GPU_TARGET_MODEL_ALONE = 50_000  # faces/s of the model alone on that GPU
 TUNING_TIE = 0.05  # candidate configurations this close in faces/s count as equally fast
 SHIPPED, TUNED = "shipped default", "tuned"
+SHARED_MEMORY_MODES = ("none", "system", "cuda")  # the client's shared_memory setting
 SERVING_FIELDS = ("instances", "intra_op_threads", "max_queue_delay_us", "max_batch_size", "preferred_batch_sizes")
 
 # Per flavour: what the run looks like unless the options say otherwise.
@@ -240,6 +251,7 @@ def embedder_settings(
         instances=config.instances,
         intra_op_threads=config.intra_op_threads,
         client_batch_size=args.faces_per_request,
+        shared_memory=args.shared_memory[0],
         request_timeout_s=120.0,
         startup_timeout_s=300.0,
         log_level="WARNING",
@@ -365,6 +377,7 @@ def measure_triton(
     seconds, latencies, before, after, load, quiet = asyncio.run(run())
     return {
         "concurrency": concurrency,
+        "shared_memory": settings.shared_memory,
         "faces_per_request": per_request,
         "faces": len(faces),
         "seconds": round(seconds, 3),
@@ -396,9 +409,14 @@ def serve_and_measure(
     per_request: int,
     meter: LoadMeter,
     crops: np.ndarray | None = None,
+    shared_memory: tuple[str, ...] = ("none",),
+    reverse: bool = False,
 ) -> dict:
     """One Triton server for these settings: its model config as it reports it, then every
-    concurrency level; with ``crops``, also their vectors (for the agreement check)."""
+    concurrency level, once per ``shared_memory`` mode of the client (in that order, or the
+    other way round with ``reverse``); with ``crops``, also their vectors (for the agreement
+    check). ``levels`` holds the first mode's measurements, ``shared_memory_levels`` every
+    mode's."""
     server, startup = start_triton(settings)
     try:
         result: dict = {
@@ -407,17 +425,28 @@ def serve_and_measure(
             "model_config": triton_model_config(server.grpc_url, settings.model_id, settings.model_version),
             "levels": [],
         }
+        by_mode: dict[str, list[dict]] = {mode: [] for mode in shared_memory}
         for concurrency in concurrencies:
-            result["levels"].append(
-                least_disturbed(
-                    meter,
-                    lambda concurrency=concurrency: measure_triton(
-                        server, settings, faces, concurrency, per_request, meter
-                    ),
+            for mode in reversed(shared_memory) if reverse else shared_memory:
+                client_settings = settings.model_copy(update={"shared_memory": mode})
+                by_mode[mode].append(
+                    least_disturbed(
+                        meter,
+                        lambda concurrency=concurrency, client_settings=client_settings: measure_triton(
+                            server, client_settings, faces, concurrency, per_request, meter
+                        ),
+                    )
                 )
-            )
+        result["levels"] = by_mode[shared_memory[0]]
+        if len(shared_memory) > 1:
+            result["shared_memory_levels"] = by_mode
         if crops is not None:
-            result["vectors"] = triton_vectors(server, settings, crops)
+            result["vectors"] = triton_vectors(server, settings.model_copy(update={"shared_memory": "none"}), crops)
+            for mode in shared_memory[1:]:
+                mode_vectors = triton_vectors(server, settings.model_copy(update={"shared_memory": mode}), crops)
+                result.setdefault("shared_memory_max_abs_diff", {})[mode] = float(
+                    np.abs(mode_vectors - result["vectors"]).max()
+                )
     finally:
         server.stop()
     return result
@@ -435,7 +464,14 @@ def tune(
     concurrency = max(args.concurrency)
     for config in args.configs:
         settings = embedder_settings(args, repository, work / f"triton-tune-{len(trials)}", config)
-        measured = serve_and_measure(settings, faces[: args.tune_faces], [concurrency], args.faces_per_request, meter)
+        measured = serve_and_measure(
+            settings,
+            faces[: args.tune_faces],
+            [concurrency],
+            args.faces_per_request,
+            meter,
+            shared_memory=args.shared_memory[:1],
+        )
         [result] = measured["levels"]
         trials.append(
             {
@@ -681,7 +717,8 @@ def measurements(result: dict) -> list[dict]:
     found = []
     for run in result["passes"]:
         for measured in run["configurations"].values():
-            found += measured["levels"]
+            for levels in measured.get("shared_memory_levels", {"": measured["levels"]}).values():
+                found += levels
         found += run["torch_one_at_a_time"] + run.get("onnx_runtime_one_at_a_time", []) + [run["model_alone"]]
     return found
 
@@ -707,6 +744,61 @@ def headline(result: dict) -> list[str]:
                 f"({spread([r['onnx_runtime_faces_per_s'] for r in mine], 1)} faces/s)"
             )
         lines.append(f"- {text}; target {'met' if met else 'not met'}.")
+    return lines
+
+
+def shared_memory_section(result: dict) -> list[str]:
+    """The levels measured once per ``--shared-memory`` mode, side by side (none when only one was)."""
+    modes = result.get("shared_memory", ["none"])
+    if len(modes) < 2:
+        return []
+    first = modes[0]
+    faces_columns = " | ".join(f"{mode} faces/s" for mode in modes)
+    ratio_columns = " | ".join(f"{mode} / {first}" for mode in modes[1:])
+    p50_columns = " | ".join(f"{mode} p50 ms" for mode in modes)
+    lines = [
+        "",
+        "## Shared memory",
+        "",
+        f"Each level measured once per way the client passes the crops (the `shared_memory` setting: "
+        f"{', '.join(f'`{m}`' for m in modes)}), one right after the other against the same Triton, in "
+        f"requests of {result['faces_per_request']} face(s) ({result['faces_per_request'] * 160 * 160 * 3:,} bytes "
+        "of crops each); the order alternates from pass to pass. 'others': other processes' share of the CPU "
+        "during each (one figure per way); a ratio says something about shared memory only where those agree.",
+        "",
+        f"| pass | configuration | concurrency | {faces_columns} | {ratio_columns} | {p50_columns} | others % CPU |",
+        "|---:|---|---:|" + "---:|" * (2 * len(modes) + len(modes) - 1) + "---|",
+    ]
+    for number, run in enumerate(result["passes"], 1):
+        for name, measured in run["configurations"].items():
+            by_mode = measured["shared_memory_levels"]
+            for index, concurrency in enumerate(r["concurrency"] for r in by_mode[first]):
+                levels = [by_mode[mode][index] for mode in modes]
+                base = levels[0]["faces_per_s"]
+                others = ", ".join(
+                    str(level.get("load", {}).get("cpu_percent", {}).get("other_processes", "")) for level in levels
+                )
+                lines.append(
+                    f"| {number} | {name} | {concurrency} | "
+                    + " | ".join(f"**{level['faces_per_s']}**" for level in levels)
+                    + " | "
+                    + " | ".join(f"{level['faces_per_s'] / base:.2f}x" for level in levels[1:])
+                    + " | "
+                    + " | ".join(str(level["p50_ms"]) for level in levels)
+                    + f" | {others} |"
+                )
+    differences = {
+        mode: difference
+        for measured in result["passes"][0]["configurations"].values()
+        for mode, difference in measured.get("shared_memory_max_abs_diff", {}).items()
+    }
+    if differences:
+        lines += [
+            "",
+            "Vectors through shared memory against those inside the requests, on the distinct crops: "
+            + "; ".join(f"{mode}: max abs difference {d:.2e}" for mode, d in differences.items())
+            + ".",
+        ]
     return lines
 
 
@@ -821,6 +913,7 @@ def markdown(result: dict) -> str:
                     for r in measured["levels"]
                 )
             )
+    lines += shared_memory_section(result)
     lines += [
         "",
         "## Speed-ups per pass",
@@ -902,6 +995,14 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def shared_memory_list(text: str) -> tuple[str, ...]:
+    modes = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [m for m in modes if m not in SHARED_MEMORY_MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated, of {', '.join(SHARED_MEMORY_MODES)}")
+    return modes
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flavour", choices=sorted(FLAVOUR_DEFAULTS), default="onnx-python")
@@ -913,6 +1014,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tune-faces", type=int, help="faces per candidate configuration")
     parser.add_argument("--concurrency", type=int_list, help="requests in flight, comma-separated")
     parser.add_argument("--faces-per-request", type=int, default=1)
+    parser.add_argument(
+        "--shared-memory",
+        type=shared_memory_list,
+        default=("none",),
+        help="how the client passes crops to Triton, comma-separated, each measured at every level: "
+        f"{', '.join(SHARED_MEMORY_MODES)} (the first one counts for tuning and speed-ups)",
+    )
     parser.add_argument("--max-batch-size", type=int, help="of the tuning candidates")
     parser.add_argument("--preferred", type=int_list, help="dynamic batching preferred batch sizes of the candidates")
     parser.add_argument(
@@ -957,6 +1065,8 @@ def parse_args() -> argparse.Namespace:
     args.name = args.name or (
         "embedder_throughput" if args.flavour == "onnx-python" else f"embedder_throughput_{args.flavour}"
     )
+    if "cuda" in args.shared_memory and not torch.cuda.is_available():
+        parser.error("--shared-memory cuda needs a CUDA GPU, and torch sees none here")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--flavour {args.flavour} needs a CUDA GPU, and torch sees none here")
     return args
@@ -1023,15 +1133,19 @@ def main() -> None:
                     args.faces_per_request,
                     meter,
                     crops if number == 1 else None,
+                    shared_memory=args.shared_memory,
+                    reverse=number % 2 == 0,
                 )
                 if "vectors" in measured:
                     vectors[name] = measured.pop("vectors")
                 run["configurations"][name] = measured
-                for r in measured["levels"]:
-                    print(
-                        f"  pass {number} Triton {name} c={r['concurrency']:<3}: {r['faces_per_s']:9.1f} faces/s, "
-                        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, average batch {r['triton']['average_batch']}"
-                    )
+                for levels in measured.get("shared_memory_levels", {"": measured["levels"]}).values():
+                    for r in levels:
+                        print(
+                            f"  pass {number} Triton {name} c={r['concurrency']:<3} shared memory "
+                            f"{r.get('shared_memory', 'none'):<6}: {r['faces_per_s']:9.1f} faces/s, p50 {r['p50_ms']} "
+                            f"ms, p99 {r['p99_ms']} ms, average batch {r['triton']['average_batch']}"
+                        )
 
             def naive_part(run: dict = run, number: int = number) -> None:
                 run["torch_one_at_a_time"], vectors["torch"] = measure_torch_one_at_a_time(
@@ -1085,6 +1199,7 @@ def main() -> None:
         "faces": len(faces),
         "faces_per_request": args.faces_per_request,
         "concurrency": args.concurrency,
+        "shared_memory": list(args.shared_memory),
         "threads": args.threads,
         "quiet_percent": meter.quiet_percent,
         "attempts": meter.attempts,

@@ -53,12 +53,64 @@ FIGURES = (
 )
 
 
+def size_label(points: int) -> str:
+    return f"{points / 1_000_000:g}M" if points >= 1_000_000 else f"{points / 1000:g}k"
+
+
 def load_runs(results: Path, variant: str) -> tuple[dict | None, list[dict]]:
     """The unquantized 1M run from before (if there), and the variant's runs by size."""
     baseline_path = results / "search_latency_1000000.json"
     baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
     runs = [json.loads(p.read_text()) for p in sorted(results.glob(f"search_latency_*_{variant}.json"))]
     return baseline, sorted(runs, key=lambda run: run["points"])
+
+
+def same_size_runs(results: Path) -> dict[int, list[dict]]:
+    """Runs of more than one layout at the same size, by size (run back to back, so their
+    figures compare)."""
+    by_size: dict[int, list[dict]] = {}
+    for path in sorted(results.glob("search_latency_*_*.json")):
+        run = json.loads(path.read_text())
+        if path.stem == f"search_latency_{run['points']}_{run.get('variant')}":  # not a kept extra run
+            by_size.setdefault(run["points"], []).append(run)
+    return {n: sorted(r, key=lambda run: run["variant"]) for n, r in sorted(by_size.items()) if len(r) > 1}
+
+
+COMPARED = (
+    ("index build (s)", "index_build_s"),
+    ("query p50 (ms)", "query_p50_ms"),
+    ("filtered query p50 (ms)", "filtered_query_p50_ms"),
+    ("recall@10", "recall_at_10"),
+    ("disk, all (MiB)", "disk_mb"),
+    ("restarted service: store heap (MiB)", "reopened_store_rss_anon_mb"),
+    ("restarted service: store file-backed (MiB)", "reopened_store_rss_file_backed_mb"),
+    ("restarted service: query p50 (ms)", "reopened_query_p50_ms"),
+)
+
+
+def beam_width_table(runs: list[dict]) -> list[str]:
+    """Recall@10 and p50 by HNSW beam width (hnsw_ef) for each run that measured them."""
+    measured = [run for run in runs if run.get("hnsw_ef_sweep")]
+    if not measured:
+        return []
+    widths = list(measured[0]["hnsw_ef_sweep"])
+    lines = ["| hnsw_ef | " + " | ".join(f"{size_label(r['points'])}: recall@10, p50 ms" for r in measured) + " |"]
+    lines.append("|---|" + "---|" * len(measured))
+    for ef in widths:
+        cells = [f"{r['hnsw_ef_sweep'][ef]['recall_at_10']}, {r['hnsw_ef_sweep'][ef]['p50_ms']}" for r in measured]
+        lines.append(f"| {ef} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def layout_comparison(results: Path) -> list[str]:
+    lines = []
+    for points, runs in same_size_runs(results).items():
+        lines += [f"At {size_label(points)} faces, one layout after the other:", ""]
+        lines.append("| figure | " + " | ".join(run["variant"] for run in runs) + " |")
+        lines.append("|---|" + "---|" * len(runs))
+        lines += [f"| {label} | " + " | ".join(fmt(figure(r, key)) for r in runs) + " |" for label, key in COMPARED]
+        lines.append("")
+    return lines
 
 
 def figure(run: dict, key: str):
@@ -102,7 +154,7 @@ def fmt(value) -> str:
 
 def side_by_side(baseline: dict | None, runs: list[dict]) -> list[str]:
     columns = ([("1M, float32 in RAM (before)", baseline)] if baseline else []) + [
-        (f"{run['points'] // 1_000_000}M, {run.get('variant', '')}", run) for run in runs
+        (f"{size_label(run['points'])}, {run.get('variant', '')}", run) for run in runs
     ]
     lines = ["| figure | " + " | ".join(name for name, _ in columns) + " |"]
     lines.append("|---|" + "---|" * len(columns))
@@ -138,7 +190,7 @@ def projection(runs: list[dict]) -> tuple[list[str], dict]:
             continue
         value = fit(points, TARGET) * scale
         projected[key] = value
-        measured = ", ".join(f"{n // 1_000_000}M: {y * scale:.2f}" for n, y in points)
+        measured = ", ".join(f"{size_label(n)}: {y * scale:.2f}" for n, y in points)
         rows.append(f"| {label} | {measured} | {value:.2f} {unit} |")
     header = ["| figure | measured | 10M, projected |", "|---|---|---|"]
     return header + rows, projected
@@ -150,9 +202,11 @@ def paper_sizing(projected: dict) -> list[str]:
     int8 = TARGET * (SIZE + 4) / gib  # one byte a dimension and a 4-byte offset a vector
     graph = TARGET * 2 * HNSW_M * 4 / gib  # level 0: up to 2m links of 4 bytes a point, before compression
     float32 = TARGET * SIZE * 4 / gib
-    heap_key = "reopened_store_rss_anon_mb" if "reopened_store_rss_anon_mb" in projected else "store_anon"
-    heap = projected.get(heap_key, 0.0)
-    heap_what = "of a restarted service" if heap_key == "reopened_store_rss_anon_mb" else "after the build"
+    restarted = "reopened_store_rss_anon_mb" in projected
+    heap = projected.get("reopened_store_rss_anon_mb" if restarted else "store_anon", 0.0)
+    cached = projected.get(
+        "reopened_store_rss_file_backed_mb" if restarted else "store_rss_file_backed_mb_during_queries", 0.0
+    )
     lines = [
         f"- int8 vectors: 10M x ({SIZE} + 4) B = {int8:.1f} GiB, kept in RAM (`quantization_always_ram`).",
         f"- HNSW links, level 0 at most: 10M x 2m x 4 B (m = {HNSW_M}) = {graph:.1f} GiB uncompressed; "
@@ -160,11 +214,13 @@ def paper_sizing(projected: dict) -> list[str]:
         f"- float32 originals: 10M x {SIZE} x 4 B = {float32:.1f} GiB on disk, read for rescoring "
         "(oversampling x top_k vectors a query) through the page cache; not required in RAM.",
         "- Payload and its indexes are memory-mapped; the index pages a filter touches are what needs to stay cached.",
-        f"- Resident at 10M: the store's heap {heap_what}, projected from the runs: {heap:.1f} GiB, "
-        f"against {MACHINE_GIB} GiB. It holds the int8 vectors and the graph ({int8 + graph:.1f} GiB by "
-        "the arithmetic above), the id tracker and the payload index structures"
-        + (", and what the allocator kept from building" if heap_key == "store_anon" else "")
-        + "; the rest of the machine is page cache for the originals, the payload and the shard's other files.",
+        f"- Resident at 10M, {'a restarted service' if restarted else 'after the build'}, projected from "
+        f"the runs: {heap:.1f} GiB of heap and {cached:.1f} GiB of file-backed pages, {heap + cached:.1f} GiB "
+        f"against {MACHINE_GIB} GiB. The heap holds the int8 vectors ({int8:.1f} GiB by the arithmetic "
+        "above), the id tracker and the payload index structures"
+        + ("" if restarted else ", and what the allocator kept from building")
+        + "; the file-backed part is the graph and the pages of originals and payload the queries read, "
+        "which the kernel can drop and read again.",
     ]
     if "store_rss_peak_build_mb" in projected:
         lines.append(
@@ -176,7 +232,7 @@ def paper_sizing(projected: dict) -> list[str]:
     return lines
 
 
-def render(baseline: dict | None, runs: list[dict], variant: str) -> str:
+def render(baseline: dict | None, runs: list[dict], variant: str, compared: list[str]) -> str:
     lines = [
         "# Search store at scale: 1M and 2M faces measured, 10M projected",
         "",
@@ -196,15 +252,34 @@ def render(baseline: dict | None, runs: list[dict], variant: str) -> str:
         "what it held before the store was opened; the file-backed part is page cache of the "
         "shard's memory-mapped files, which the kernel can drop under pressure. The run before "
         "(float32 in RAM) recorded only the process peak, which included the benchmark's own "
-        "arrays (about 4.5 GB at 1M).",
+        "arrays (about 4.5 GB at 1M). The process peak (ru_maxrss) counts every resident page, "
+        "file-backed ones included (the benchmark's own vector file and the shard's memory-mapped "
+        "files), so it is no measure of the memory needed. A restarted service is a fresh process "
+        "that opens the built "
+        "store and answers the same probes; its heap is what the store needs resident, free of "
+        "what building left in the allocator.",
         "",
     ]
+    widths = beam_width_table(runs)
+    if widths:
+        lines += [
+            "## Recall by beam width",
+            "",
+            "The measured runs searched with hnsw_ef 128 (the figures above); the same probes at other "
+            "widths (oversampling 2). Recall at a fixed width falls as the collection grows; the "
+            "service's default is 256.",
+            "",
+            *widths,
+            "",
+        ]
+    if compared:
+        lines += ["## Layouts compared", "", *compared]
     if not runs:
         return "\n".join([*lines, "No run of this layout yet.", ""])
-    sizes = ", ".join(f"{run['points'] // 1_000_000}M" for run in runs)
+    sizes = ", ".join(size_label(run["points"]) for run in runs)
     table, projected = projection(runs)
     basis = (
-        "a line through the 1M and 2M figures"
+        "a line through the two largest runs that measured it"
         if len(runs) > 1
         else "proportional to the one run there is (no growth measured yet; re-run this script when the 2M run lands)"
     )
@@ -212,7 +287,10 @@ def render(baseline: dict | None, runs: list[dict], variant: str) -> str:
         "## 10M, projected on paper",
         "",
         f"A projection, not a measurement: from the runs at {sizes}, each size is extrapolated as "
-        f"{basis}; latencies as a line in log N.",
+        f"{basis}; latencies as a line in log N, at the runs' hnsw_ef 128 (whose recall falls with size: "
+        "see the beam-width table; a wider beam costs about 2x the latency per doubling of hnsw_ef). "
+        "Build times depend on how busy the shared machine was during each run (its results file "
+        "records the load), so the build-time line is rough.",
         "",
         *table,
         "",
@@ -231,7 +309,7 @@ def main() -> None:
     args = parser.parse_args()
     baseline, runs = load_runs(args.results, args.variant)
     out = args.results / "search_scale.md"
-    out.write_text(render(baseline, runs, args.variant))
+    out.write_text(render(baseline, runs, args.variant, layout_comparison(args.results)))
     print(f"wrote {out}")
 
 

@@ -288,11 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     pages.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
     pages.add_argument(
         "--root",
-        type=Path,
         action="append",
         default=[],
-        metavar="DIR",
-        help="a folder photos are served from (repeatable); photos elsewhere are not shown",
+        metavar="DIR_OR_S3",
+        help="a folder, or s3://bucket/prefix, photos are served from (repeatable); photos elsewhere are not shown",
     )
     pages.set_defaults(handler=web_pages)
 

@@ -159,6 +159,20 @@ class ClusteringRun:
                 ][: self.neighbours]
         return close
 
+    async def _with_vectors(self, face_ids: list[str], deadline: Deadline) -> list[search_pb2.FaceRecord]:
+        """The stored faces of these ids, vectors included."""
+        faces: list[search_pb2.FaceRecord] = []
+        for start in range(0, len(face_ids), PAGE):
+            request = search_pb2.ScrollRequest(
+                tenant=self.tenant,
+                model=self.deps.model,
+                page_size=PAGE,
+                with_vectors=True,
+                filter=search_pb2.FaceFilter(face_ids=face_ids[start : start + PAGE]),
+            )
+            faces += await self.deps.search.scroll_all(request, deadline, limit=PAGE)
+        return faces
+
     async def _settle(self, faces: list[search_pb2.FaceRecord], deadline: Deadline) -> None:
         """Runs the rule over one page of faces (and the settled faces it changes), and stores
         the outcome."""
@@ -178,8 +192,9 @@ class ClusteringRun:
             if other.id not in page.faces and self.settled(other) and not other.payload.cluster_core
         }
         if revisit:
-            page.faces.update(revisit)
-            page.close.update(await self._close_faces(list(revisit.values()), deadline))
+            revisited = await self._with_vectors(list(revisit), deadline)  # query hits come without them
+            page.faces.update({face.id: face for face in revisited})
+            page.close.update(await self._close_faces(revisited, deadline))
         changed = await self._assign(page, deadline)
         for face in skipped:
             face.payload.cluster_id, face.payload.cluster_core = "", False

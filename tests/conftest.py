@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -38,6 +38,24 @@ def photo_path(set_name: str, name: str) -> Path:
 
 def photo_bytes(set_name: str, name: str) -> bytes:
     return photo_path(set_name, name).read_bytes()
+
+
+def detected_crops(photos: Iterable[tuple[str, str]], **detector_settings) -> list[list]:
+    """The crops of the faces the detector (default settings, or as given) finds in each of
+    these (set, name) photos, largest first: one list per photo."""
+    from services.detector.backends import create_backend
+    from services.detector.detection import FaceDetector
+    from services.detector.images import ImageLimits, decode_image
+
+    settings = DetectorSettings(**detector_settings)
+    detector = FaceDetector(create_backend(settings), settings)
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    found = []
+    for set_name, name in photos:
+        image = decode_image(photo_bytes(set_name, name), limits, min_side=settings.max_side)
+        [detection] = detector.detect([image], detector.default_options())
+        found.append([face.crop for face in detection.faces])
+    return found
 
 
 def start_detector(**overrides) -> BackgroundServer:

@@ -43,29 +43,16 @@ from services.embedder.settings import EmbedderSettings
 from services.runtime.deadlines import Deadline
 from services.runtime.ports import free_ports
 from tests.conftest import new_triton_server, photo_bytes
+from tests.event_loop import ModuleLoop
 
 MODEL_ID = DEFAULT_MODEL.id
 SERVER_MAX_BATCH = EmbedderSettings().max_batch_size  # the session's Triton has the default config
 CLIENT_BATCH = 8
 
 
-_runner: asyncio.Runner | None = None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_event_loop() -> Iterator[None]:
-    """One event loop for the whole module, as a service has: gRPC's asyncio channels
-    belong to one loop, and closing loops under them makes it log errors."""
-    global _runner
-    with asyncio.Runner() as runner:
-        _runner = runner
-        yield
-    _runner = None
-
-
-def run(coroutine):
-    assert _runner is not None
-    return _runner.run(coroutine)
+module_loop = ModuleLoop()
+one_event_loop = module_loop.fixture()
+run = module_loop.run
 
 
 def settings(model_root: Path, **overrides) -> EmbedderSettings:

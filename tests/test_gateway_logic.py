@@ -47,6 +47,7 @@ TENANTS = (
     "metrics",
     "references",
     "incremental",
+    "revisit",
     "people-ops",
     "find-people",
     "backfill",

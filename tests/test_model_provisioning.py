@@ -26,9 +26,6 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.detector.backends import create_backend
-from services.detector.detection import FaceDetector
-from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
 from services.embedder import models
 from services.embedder.models import DEFAULT_MODEL
@@ -49,7 +46,7 @@ from services.embedder.settings import EmbedderSettings
 from services.runtime.ports import free_ports
 from services.runtime.readiness import triton_ready, wait_until_ready
 from services.runtime.settings import SettingsError, load_settings
-from tests.conftest import REPO, new_triton_server, photo_bytes
+from tests.conftest import REPO, detected_crops, new_triton_server
 
 MODEL = DEFAULT_MODEL.id
 # Settings that differ from the defaults, so that the configs show they come from settings.
@@ -118,14 +115,7 @@ def damage(path: Path, data: bytes | None) -> None:
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
     """Aligned 160 x 160 RGB uint8 face crops found by the detector in real photos."""
-    settings = DetectorSettings()
-    detector = FaceDetector(create_backend(settings), settings)
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-    found = []
-    for name in PHOTOS:
-        image = decode_image(photo_bytes("compreface", name), limits, min_side=settings.max_side)
-        [detection] = detector.detect([image], detector.default_options())
-        found.extend(face.crop for face in detection.faces)
+    found = [crop for faces in detected_crops(("compreface", name) for name in PHOTOS) for crop in faces]
     assert len(found) == 5
     return np.stack(found)
 

@@ -223,3 +223,15 @@ def test_a_run_starts_by_itself_once_enough_faces_were_indexed(search) -> None:
         assert [c.face_count for c in client.cluster_faces()] == [6]
     finally:
         eager.server.stop()
+
+
+def test_faces_settled_alone_become_core_when_new_close_faces_arrive(gateway) -> None:
+    """A face a run left out of any cluster (too few close faces then) is looked at again when
+    later faces are close to it, and the cluster grows through it."""
+    client = client_of(gateway, "revisit")
+    index(client, people_photos("rita", range(2)))
+    run(client)
+    assert members(client) == {}, "two photos: neither face has enough close faces"
+    index(client, people_photos("rita", range(2, 5)))
+    run(client)
+    assert list(members(client).values()) == [{f"rita-{v}#0" for v in range(5)}]

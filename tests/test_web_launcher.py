@@ -101,3 +101,17 @@ def test_facesearch_web_serves_the_photos_of_its_root(here):
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then dies of the signal it caught, as it was meant to.
         assert process.wait(10) in (0, -signal.SIGTERM)
+
+
+def test_facesearch_web_takes_folders_and_bucket_prefixes_as_roots(here, monkeypatch):
+    from cli.main import build_parser
+    from cli.web import settings_from
+
+    monkeypatch.delenv("FACESEARCH_WEB_ARCHIVE_ROOTS", raising=False)
+    monkeypatch.delenv("FACESEARCH_WEB_S3_ROOTS", raising=False)
+    args = build_parser().parse_args(
+        ["web", "--api-key", "k", "--root", str(DATA / "photoprism"), "--root", "s3://photos/family/"]
+    )
+    settings = settings_from(args)
+    assert settings.roots == [(DATA / "photoprism").resolve()]
+    assert settings.buckets == ["s3://photos/family/"]

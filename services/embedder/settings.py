@@ -87,6 +87,11 @@ class EmbedderSettings(ServiceSettings):
     retry_backoff_s: float = Field(
         0.2, ge=0, description="Wait before the first retry (give or take 20%); doubles each time, up to 8 times this."
     )
+    shared_memory: Literal["none", "system", "cuda"] = Field(
+        "none",
+        description="How clients pass crops to Triton: none (inside each gRPC request), system "
+        "(POSIX shared memory) or cuda (CUDA shared memory); system and cuda need Triton on the same host.",
+    )
 
     @field_validator("weights")
     @classmethod

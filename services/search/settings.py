@@ -39,7 +39,13 @@ class SearchSettings(ServiceSettings):
     )
     hnsw_m: int = Field(16, ge=4, description="HNSW graph degree.")
     hnsw_ef_construct: int = Field(128, ge=8, description="HNSW build-time beam width.")
-    hnsw_ef: int = Field(128, ge=8, description="HNSW search-time beam width.")
+    hnsw_ef: int = Field(
+        256,
+        ge=8,
+        description="HNSW search-time beam width. Recall at a given width falls as a collection grows: "
+        "measured with int8 vectors, recall@10 at 1M faces was 0.97 at 128 and 0.999 at 256; at 2M, "
+        "0.89 at 128, 0.96 at 256, 0.98 at 512.",
+    )
     optimize_after: int = Field(5000, ge=1, description="Edge: build the HNSW index after this many new points.")
 
     indexing_threshold_kb: int = Field(

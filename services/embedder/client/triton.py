@@ -24,6 +24,13 @@ jitter), then twice that, and so on up to 8 times it, always within the request'
 So a request never takes longer than ``request_timeout_s`` (its retries included), and
 against a closed port only the backoff delays; ``embed``'s ``deadline`` bounds it further.
 
+With the ``shared_memory`` setting at ``system`` or ``cuda`` the crops go to Triton through
+shared memory instead of inside the requests (``services.embedder.client.shared_memory``): a
+pool of ``max_in_flight`` regions, registered on the first ``embed`` and unregistered and
+destroyed by ``close``; each request borrows one. That needs Triton on the same host; a
+registration Triton refuses raises ``EmbedderError`` naming the setting, and ``cuda`` without a
+CUDA device raises it when the client is made.
+
 The gRPC channel is made on first use, in the running event loop; use the client
 from that loop only.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import grpc
 import numpy as np
@@ -40,6 +48,7 @@ import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from services.embedder.client.base import Embedder, EmbedderError, EmbedderUnavailable, gather_all
+from services.embedder.client.shared_memory import Region, RegionPool, memory_of
 from services.embedder.settings import EmbedderSettings
 from services.runtime.channels import RetryPolicy, channel_options
 from services.runtime.deadlines import Deadline
@@ -105,6 +114,12 @@ class TritonEmbedder(Embedder):
         self._input_type = np_to_triton_dtype(np.dtype(self.model.input.dtype))
         self._client: grpcclient_aio.InferenceServerClient | None = None
         self._in_flight: asyncio.Semaphore | None = None
+        self.shared_memory = settings.shared_memory
+        memory = memory_of(settings.shared_memory)  # raises EmbedderError for cuda without a device
+        region_bytes = self.batch_size * int(np.prod(self.model.input.dims)) * np.dtype(self.model.input.dtype).itemsize
+        self.regions = None if memory is None else RegionPool(memory, max_in_flight, region_bytes)
+        self._regions_opened = False
+        self._regions_lock: asyncio.Lock | None = None
 
     def describe(self) -> str:
         return f"Triton at {self.url} ({self.model_id} version {self.model_version})"
@@ -115,28 +130,66 @@ class TritonEmbedder(Embedder):
         if self._client is None:
             self._client = grpcclient_aio.InferenceServerClient(self.url, channel_args=self._channel_args)
             self._in_flight = asyncio.Semaphore(self.max_in_flight)
+            self._regions_lock = asyncio.Lock()
         return self._client
+
+    async def _open_regions(self, client: grpcclient_aio.InferenceServerClient) -> RegionPool | None:
+        """The shared-memory pool, created and registered with Triton on first use; None without."""
+        if self.regions is None:
+            return None
+        async with self._regions_lock:
+            if not self._regions_opened:
+                await self.regions.open(client, self.request_timeout_s, self.describe())
+                self._regions_opened = True
+        return self.regions
 
     async def _embed(self, crops: np.ndarray, deadline: Deadline | None) -> np.ndarray:
         client = self._connection()
+        regions = await self._open_regions(client)
         starts = range(0, len(crops), self.batch_size)
         parts = await gather_all(
-            [self._request(client, crops[start : start + self.batch_size], deadline) for start in starts]
+            [self._request(client, crops[start : start + self.batch_size], deadline, regions) for start in starts]
         )
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def _request(
-        self, client: grpcclient_aio.InferenceServerClient, crops: np.ndarray, deadline: Deadline | None
+        self,
+        client: grpcclient_aio.InferenceServerClient,
+        crops: np.ndarray,
+        deadline: Deadline | None,
+        regions: RegionPool | None,
     ) -> np.ndarray:
-        """One request of ``crops`` once a slot is free, its errors mapped (see the module docstring)."""
+        """One request of ``crops`` once a slot (and a region, with shared memory) is free, its
+        errors mapped (see the module docstring)."""
         async with self._in_flight:
             timeout = self.request_timeout_s if deadline is None else deadline.timeout(self.request_timeout_s)
             if timeout <= 0:
                 raise EmbedderUnavailable(f"{self.describe()}: the deadline ran out before the request", deadline=True)
             try:
-                return await self._infer(client, crops, timeout)
+                if regions is None:
+                    return await self._infer(client, crops, timeout)
+                return await self._infer_in_region(client, crops, timeout, regions)
             except InferenceServerException as error:
                 raise self._failure(error, timeout) from None
+
+    async def _infer_in_region(
+        self, client: grpcclient_aio.InferenceServerClient, crops: np.ndarray, timeout: float, regions: RegionPool
+    ) -> np.ndarray:
+        """``_infer`` through a region borrowed from the pool; when Triton no longer knows the
+        region (it restarted), the regions are registered again and the request sent once more,
+        within the same ``timeout``."""
+        async with regions.take() as region:
+            began, generation = time.monotonic(), regions.generation
+            try:
+                return await self._infer(client, crops, timeout, region)
+            except InferenceServerException as error:
+                if not regions.lost(region, error):
+                    raise
+            await regions.register_again(client, generation, timeout, self.describe())
+            left = timeout - (time.monotonic() - began)
+            if left <= 0:
+                raise EmbedderUnavailable(f"{self.describe()} did not answer within the deadline", deadline=True)
+            return await self._infer(client, crops, left, region)
 
     def _failure(self, error: InferenceServerException, timeout: float) -> EmbedderError:
         status = error.status()
@@ -155,11 +208,19 @@ class TritonEmbedder(Embedder):
         return EmbedderError(f"{self.describe()} failed ({status}): {error.message()}")
 
     async def _infer(
-        self, client: grpcclient_aio.InferenceServerClient, crops: np.ndarray, timeout: float
+        self,
+        client: grpcclient_aio.InferenceServerClient,
+        crops: np.ndarray,
+        timeout: float,
+        region: Region | None = None,
     ) -> np.ndarray:
-        """One inference call of ``crops`` with a deadline of ``timeout`` seconds (gRPC's retries within it)."""
+        """One inference call of ``crops`` (inside the request, or written into ``region``) with a
+        deadline of ``timeout`` seconds (gRPC's retries within it)."""
         tensor = grpcclient.InferInput(self.model.input.name, list(crops.shape), self._input_type)
-        tensor.set_data_from_numpy(crops)
+        if region is None:
+            tensor.set_data_from_numpy(crops)
+        else:
+            tensor.set_shared_memory(region.name, self.regions.write(region, crops))
         output = self.model.output.name
         result = await client.infer(
             self.model_id,
@@ -192,7 +253,11 @@ class TritonEmbedder(Embedder):
             return False
 
     async def close(self) -> None:
+        """Closes the channel, after unregistering and destroying the shared-memory regions, if any."""
         await super().close()
         client, self._client = self._client, None
+        if self.regions is not None and self._regions_opened:
+            self._regions_opened = False
+            await self.regions.close(client, self.ready_timeout_s)
         if client is not None:
             await client.close()
