@@ -172,7 +172,24 @@ class PeopleEdits:
                 face.payload.person_id, face.payload.person_name = person_id, name
             moved += faces
         await self._store(tenant, moved, deadline)
+        await self._carry_marks(tenant, merged_ids, person_id, deadline)
         return summary(person_id, [*kept, *moved])
+
+    async def _carry_marks(self, tenant: str, merged_ids: list[str], person_id: str, deadline: Deadline) -> None:
+        """Faces said not to be a merged person are now said not to be the person they became."""
+        request = search_pb2.ScrollRequest(
+            tenant=tenant,
+            model=self.deps.model,
+            page_size=1000,
+            with_vectors=True,
+            filter=search_pb2.FaceFilter(not_person_ids=merged_ids),
+        )
+        marked = await self.deps.search.scroll_all(request, deadline, limit=MAX_PERSON_FACES)
+        for face in marked:
+            marks = [person_id if mark in merged_ids else mark for mark in face.payload.not_person_ids]
+            del face.payload.not_person_ids[:]
+            face.payload.not_person_ids.extend(dict.fromkeys(marks))
+        await self._store(tenant, marked, deadline)
 
     async def assign(self, tenant: str, face_id: str, person_id: str, deadline: Deadline) -> facesearch_pb2.FaceRef:
         """The face becomes the person's (a reference of theirs too), or nobody's."""

@@ -48,6 +48,7 @@ TENANTS = (
     "references",
     "incremental",
     "revisit",
+    "merge-marks",
     "people-ops",
     "find-people",
     "backfill",

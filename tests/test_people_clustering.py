@@ -235,3 +235,21 @@ def test_faces_settled_alone_become_core_when_new_close_faces_arrive(gateway) ->
     index(client, people_photos("rita", range(2, 5)))
     run(client)
     assert list(members(client).values()) == [{f"rita-{v}#0" for v in range(5)}]
+
+
+def test_a_not_this_person_mark_follows_a_merge(gateway) -> None:
+    """A face said not to be a person stays apart from the person they are merged into."""
+    client = client_of(gateway, "merge-marks")
+    index(client, people_photos("jo", range(4)))
+    run(client)
+    [jo_cluster] = client.cluster_faces(faces_per_cluster=100)
+    jo = client.name_cluster(jo_cluster.cluster_id, "Jo")
+    alias = client.enroll("Jo (school)", [fake_photo(face("jo", variant=30))])
+    wrong = next(f for f in client.person_faces(jo.person_id) if f.photo_id == "jo-3" and not f.reference)
+    client.assign_face(wrong.face_id, alias.person_id)
+    client.reject_face(wrong.face_id, alias.person_id)  # not Jo (school) after all
+    client.merge_people(jo.person_id, [alias.person_id])
+    assert "jo-3" not in {m.photo_id for m in client.find_me_all(person_id=jo.person_id, threshold=0.5)}
+    run(client, full=True)
+    jo_now = next(c for c in client.cluster_faces(include_named=True) if c.person_id == jo.person_id)
+    assert "jo-3" not in {f.photo_id for f in jo_now.faces}, "the mark keeps it out of the merged person's cluster"

@@ -152,6 +152,20 @@ def test_metadata_and_person_name_round_trip(index):
     assert hits[0].payload["person_name"] == "Ada" and hits[0].payload["metadata"] == {"album": "2019"}
 
 
+def test_filters_by_a_person_a_face_was_said_not_to_be(index):
+    rng = np.random.default_rng(3)
+    faces = []
+    for i, marks in enumerate([["p-1"], ["p-2", "p-1"], [], ["p-3"]]):
+        vector = rng.normal(size=SIZE).astype(np.float32)
+        payload = {"photo_hash": f"m{i}", "not_person_ids": marks}
+        faces.append(NewFace(vector=vector / np.linalg.norm(vector), payload=payload))
+    index.upsert("acme", MODEL, SIZE, faces)
+    marked = index.scroll("acme", MODEL, SIZE, FaceFilter(not_person_ids=("p-1",)), page_size=10).faces
+    assert sorted(f.payload["photo_hash"] for f in marked) == ["m0", "m1"]
+    either = index.scroll("acme", MODEL, SIZE, FaceFilter(not_person_ids=("p-2", "p-3")), page_size=10).faces
+    assert sorted(f.payload["photo_hash"] for f in either) == ["m1", "m3"]
+
+
 def test_score_threshold_cuts_the_list(index, gallery):
     vectors, _, _ = gallery
     [hits] = index.query("acme", MODEL, SIZE, [vectors[0].tolist()], top_k=50, score_threshold=0.5)

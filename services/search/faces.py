@@ -45,6 +45,7 @@ class FaceFilter:
     cluster_ids: tuple[str, ...] = ()
     cluster_run: int | None = None  # the clustering run that last looked at the faces (0: none)
     face_ids: tuple[str, ...] = ()
+    not_person_ids: tuple[str, ...] = ()  # faces said not to be one of these people
 
 
 @dataclass
@@ -140,6 +141,8 @@ class FaceIndex:
                 match["cluster_id"] = tuple(face_filter.cluster_ids)
             if face_filter.cluster_run is not None:
                 match["cluster_run"] = (face_filter.cluster_run,)
+            if face_filter.not_person_ids:
+                match["not_person_ids"] = tuple(face_filter.not_person_ids)
             if face_filter.source:
                 if face_filter.source not in SOURCES:
                     raise InvalidRequest(f"unknown source {face_filter.source!r}")

@@ -132,6 +132,7 @@ def _filter(message: search_pb2.FaceFilter) -> FaceFilter:
         cluster_ids=tuple(message.cluster_ids),
         cluster_run=message.cluster_run if message.HasField("cluster_run") else None,
         face_ids=tuple(message.face_ids),
+        not_person_ids=tuple(message.not_person_ids),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 # Payload fields with an index; "tenant" is the tenant key.
-KEYWORD_FIELDS = ("tenant", "person_id", "photo_id", "photo_hash", "source", "cluster_id")
+KEYWORD_FIELDS = ("tenant", "person_id", "photo_id", "photo_hash", "source", "cluster_id", "not_person_ids")
 # Integer payload fields with an index (exact-match lookups only).
 INTEGER_FIELDS = ("face_index", "cluster_run")
 

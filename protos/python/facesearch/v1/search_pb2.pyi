@@ -80,7 +80,7 @@ class FaceRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., payload: _Optional[_Union[FacePayload, _Mapping]] = ...) -> None: ...
 
 class FaceFilter(_message.Message):
-    __slots__ = ("person_ids", "photo_ids", "source", "photo_hashes", "face_index", "cluster_ids", "cluster_run", "face_ids")
+    __slots__ = ("person_ids", "photo_ids", "source", "photo_hashes", "face_index", "cluster_ids", "cluster_run", "face_ids", "not_person_ids")
     PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
     PHOTO_IDS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class FaceFilter(_message.Message):
     CLUSTER_IDS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_RUN_FIELD_NUMBER: _ClassVar[int]
     FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    NOT_PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
     person_ids: _containers.RepeatedScalarFieldContainer[str]
     photo_ids: _containers.RepeatedScalarFieldContainer[str]
     source: FaceSource
@@ -97,7 +98,8 @@ class FaceFilter(_message.Message):
     cluster_ids: _containers.RepeatedScalarFieldContainer[str]
     cluster_run: int
     face_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, person_ids: _Optional[_Iterable[str]] = ..., photo_ids: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[FaceSource, str]] = ..., photo_hashes: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ..., cluster_ids: _Optional[_Iterable[str]] = ..., cluster_run: _Optional[int] = ..., face_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    not_person_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, person_ids: _Optional[_Iterable[str]] = ..., photo_ids: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[FaceSource, str]] = ..., photo_hashes: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ..., cluster_ids: _Optional[_Iterable[str]] = ..., cluster_run: _Optional[int] = ..., face_ids: _Optional[_Iterable[str]] = ..., not_person_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("tenant", "model", "faces")
