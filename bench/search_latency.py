@@ -328,20 +328,19 @@ def run(points: int, queries: int, batch: int, work: Path, meter: LoadMeter, sto
     plain, answers, errors = timed(None)
     rss["during_queries"] = memory.mb()
     filtered, filtered_answers, filtered_errors = timed(person_filter)
-    sweep = {}
-    configured = store.oversampling
-    for factor in OVERSAMPLING_SWEEP:
-        store.oversampling = factor
-        latencies, found, _ = timed(None)
-        sweep[str(factor)] = {"p50_ms": percentile_ms(latencies, 50), "answers": found}
-    store.oversampling = configured
-    ef_sweep = {}
-    configured = store.hnsw_ef
-    for ef in HNSW_EF_SWEEP:
-        store.hnsw_ef = ef
-        latencies, found, _ = timed(None)
-        ef_sweep[str(ef)] = {"p50_ms": percentile_ms(latencies, 50), "answers": found}
-    store.hnsw_ef = configured
+
+    def swept(setting: str, values) -> dict:
+        """The probes again with the store's ``setting`` at each value (then as it was)."""
+        configured, answers_by_value = getattr(store, setting), {}
+        for value in values:
+            setattr(store, setting, value)
+            latencies, found, _ = timed(None)
+            answers_by_value[str(value)] = {"p50_ms": percentile_ms(latencies, 50), "answers": found}
+        setattr(store, setting, configured)
+        return answers_by_value
+
+    sweep = swept("oversampling", OVERSAMPLING_SWEEP)
+    ef_sweep = swept("hnsw_ef", HNSW_EF_SWEEP)
     phases["queries"] = meter.usage(phase_start, meter.reading())
     rss["peak_during_queries"] = round(memory.peak / 2**20, 1)
 

@@ -70,9 +70,11 @@ def migrate(client: FaceSearchClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.to:
         raise UsageError("say --to MODEL (or --list, or --drop MODEL)")
-    in_use = next((m.model.id for m in client.list_models() if m.in_use), "")
+    models = client.list_models()
+    in_use = next((m.model.id for m in models if m.in_use), "")
     if in_use == args.to:
-        return catch_up(client, args, in_use)
+        others = [m.model.id for m in models if not m.in_use and m.faces]
+        return catch_up(client, args, in_use, others)
     source = args.source_model or in_use
     for _ in range(SWITCH_ATTEMPTS):
         done = move(client, args, source)
@@ -105,9 +107,9 @@ def migrate(client: FaceSearchClient, args: argparse.Namespace) -> int:
     return EXIT_NOT_SWITCHED
 
 
-def catch_up(client: FaceSearchClient, args: argparse.Namespace, in_use: str) -> int:
-    """The tenant uses the target already: moves what is left in the model it came from."""
-    others = [m.model.id for m in client.list_models() if not m.in_use and m.faces]
+def catch_up(client: FaceSearchClient, args: argparse.Namespace, in_use: str, others: list[str]) -> int:
+    """The tenant uses the target already: moves what is left in the model it came from
+    (``others``: the models other than the one in use that still hold faces)."""
     source = args.source_model or (others[0] if len(others) == 1 else "")
     if not source:
         print(f"the tenant uses {in_use} already" + (f"; faces remain in {', '.join(others)}" if others else ""))

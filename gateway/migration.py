@@ -212,16 +212,7 @@ class Migration:
         deadline: Deadline,
         source: int = search_pb2.FACE_SOURCE_UNSPECIFIED,
     ) -> set[str]:
-        if not hashes:
-            return set()
-        request = search_pb2.ScrollRequest(
-            tenant=tenant,
-            model=model,
-            page_size=min(1000, self.settings.max_page_size),
-            filter=search_pb2.FaceFilter(photo_hashes=hashes, source=source),
-        )
-        faces = await self.search.scroll_all(request, deadline, limit=len(hashes) * MAX_FACES_PER_PHOTO)
-        return {f.payload.photo_hash for f in faces}
+        return set(await self._faces_by_hash(tenant, model, hashes, deadline, source=source))
 
     async def _faces_by_hash(
         self,
@@ -230,7 +221,9 @@ class Migration:
         hashes: Iterable[str],
         deadline: Deadline,
         with_vectors: bool = False,
+        source: int = search_pb2.FACE_SOURCE_UNSPECIFIED,
     ) -> dict[str, list[search_pb2.FaceRecord]]:
+        """The stored faces of these photos (of ``source`` only, when given), by photo hash."""
         hashes = list(hashes)
         grouped: dict[str, list[search_pb2.FaceRecord]] = defaultdict(list)
         if not hashes:
@@ -239,7 +232,7 @@ class Migration:
             tenant=tenant,
             model=model,
             page_size=min(1000, self.settings.max_page_size),
-            filter=search_pb2.FaceFilter(photo_hashes=hashes),
+            filter=search_pb2.FaceFilter(photo_hashes=hashes, source=source),
             with_vectors=with_vectors,
         )
         for face in await self.search.scroll_all(request, deadline, limit=len(hashes) * MAX_FACES_PER_PHOTO):

@@ -5,11 +5,7 @@ again from their URIs."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +14,10 @@ from facesearch.v1 import common_pb2, facesearch_pb2, search_pb2, search_pb2_grp
 from launcher.in_process import KEYS, LocalSuite, prepare_model_repository
 from sdk.client import FaceSearchClient
 from tests.conftest import DATA, new_triton_server, photo_bytes
+from tests.test_migration import facesearch
 
 OLD, NEW = "facenet-casia", "dlib-resnet"
 SET = "photoprism"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +67,7 @@ def test_an_archive_moves_from_facenet_to_dlib_with_its_people(two_models: Local
     assert before and before <= truth
     old_faces = {f.id: f for f in stored(two_models, tenant, OLD, 512)}
 
-    env = {**os.environ, "FACESEARCH_API_KEY": KEYS[tenant]}
-    run = subprocess.run(
-        [sys.executable, "-m", "cli.main", "migrate", "--to", NEW, "--address", two_models.address],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = facesearch(two_models.address, KEYS[tenant], "migrate", "--to", NEW, timeout_s=600)
     assert run.returncode == 0, run.stderr
     assert f"switched from {OLD} to {NEW}" in run.stdout
     assert client.stats().settings.model.id == NEW

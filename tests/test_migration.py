@@ -6,6 +6,7 @@ on real photos, are moved in tests/test_gateway_migration.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -60,8 +61,6 @@ class ProjectedAnalyser:
     async def analyse(
         self, photos: list[PhotoInput], deadline: Deadline, *, skip_blurred: bool = True
     ) -> list[AnalysedPhoto]:
-        import asyncio
-
         self.calls += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -197,15 +196,15 @@ def people_fields(face: search_pb2.FaceRecord) -> tuple:
     )
 
 
-def facesearch(address: str, tenant: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", CLI, *args]
-    env = {**os.environ, "FACESEARCH_API_KEY": f"key-{tenant}"}
+FACESEARCH = [sys.executable, "-m", "cli.main"]
+
+
+def facesearch(address: str, key: str, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    """`facesearch ARGS --address ADDRESS` with API key ``key``, run to its end."""
+    env = {**os.environ, "FACESEARCH_API_KEY": key}
     return subprocess.run(
-        [*command, "--address", address], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [*FACESEARCH, *args, "--address", address], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
     )
-
-
-CLI = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 # --- the whole way, with the CLI --------------------------------------------------------------
@@ -231,14 +230,14 @@ def test_a_tenant_moves_to_another_model_with_its_people_clusters_and_marks(suit
     old_faces = {f.id: people_fields(f) for f in suite.stored(tenant, OLD, 512)}
 
     # Carl's reference photo was uploaded, not read from the archive: it cannot be read again.
-    refused_run = facesearch(suite.gateway.address, tenant, "migrate", "--to", NEW)
+    refused_run = facesearch(suite.gateway.address, f"key-{tenant}", "migrate", "--to", NEW)
     assert refused_run.returncode == 1, refused_run.stderr
     assert "not switched" in refused_run.stderr and "without a URI" in refused_run.stderr
     assert client.stats().settings.model.id == OLD, "nothing switched"
     assert found_photos(client, ann) == before_ann, "the archive is searched as before meanwhile"
     analysed = len(suite.new.photos_analysed())
 
-    run = facesearch(suite.gateway.address, tenant, "migrate", "--to", NEW, "--accept-losses")
+    run = facesearch(suite.gateway.address, f"key-{tenant}", "migrate", "--to", NEW, "--accept-losses")
     assert run.returncode == 0, run.stderr
     assert f"switched from {OLD} to {NEW}" in run.stdout
     assert len(suite.new.photos_analysed()) == analysed, "the photos moved by the first run are not sent again"
@@ -271,7 +270,7 @@ def test_edits_made_while_the_faces_were_moved_are_carried_by_the_switch(suite: 
     index_archive(client, paths)
     ann = client.enroll("Ann", [paths["ann-0"]]).person_id
     cluster(client)
-    run = facesearch(suite.gateway.address, tenant, "migrate", "--to", NEW, "--no-switch")
+    run = facesearch(suite.gateway.address, f"key-{tenant}", "migrate", "--to", NEW, "--no-switch")
     assert run.returncode == 0, run.stderr
     assert client.stats().settings.model.id == OLD
     # After the faces were moved: a rename, a cluster named (references copied from archive faces), a mark.
@@ -299,7 +298,7 @@ def test_an_interrupted_migration_ends_as_an_uninterrupted_one(suite: Suite, tmp
         index_archive(client, paths)
         client.enroll("Ann", [paths["ann-0"]])
         cluster(client)
-    assert facesearch(suite.gateway.address, whole, "migrate", "--to", NEW).returncode == 0
+    assert facesearch(suite.gateway.address, f"key-{whole}", "migrate", "--to", NEW).returncode == 0
 
     client = suite.client(cut)
     [ann] = [p.person_id for p in client.list_people()]
@@ -309,7 +308,7 @@ def test_an_interrupted_migration_ends_as_an_uninterrupted_one(suite: Suite, tmp
         calls = suite.new.calls
         env = {**os.environ, "FACESEARCH_API_KEY": f"key-{cut}"}
         args = ["migrate", "--to", NEW, "--batch", "1", "--workers", "1", "--address", suite.gateway.address]
-        process = subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=REPO, env=env)
+        process = subprocess.Popen([*FACESEARCH, *args], cwd=REPO, env=env)
         deadline = time.monotonic() + 60
         while suite.new.calls < calls + 3 and time.monotonic() < deadline:
             assert found_photos(client, ann) == before, "searching goes on while the faces are moved"
@@ -322,7 +321,7 @@ def test_an_interrupted_migration_ends_as_an_uninterrupted_one(suite: Suite, tmp
     assert 0 < len(moved) < 10, "killed halfway"
     assert client.stats().settings.model.id == OLD
     sent = len(suite.new.photos_analysed())
-    again = facesearch(suite.gateway.address, cut, "migrate", "--to", NEW)
+    again = facesearch(suite.gateway.address, f"key-{cut}", "migrate", "--to", NEW)
     assert again.returncode == 0, again.stderr
     assert len(suite.new.photos_analysed()) - sent <= 10 - len(moved) + 1, "only what was left is sent"
 
@@ -394,7 +393,7 @@ def test_every_replica_follows_a_switch(suite: Suite, tmp_path: Path) -> None:
         paths = write_photos(tmp_path / "archive", tenant)
         index_archive(client, paths)
         ann = client.enroll("Ann", [paths["ann-0"]]).person_id
-        assert facesearch(suite.gateway.address, tenant, "migrate", "--to", NEW).returncode == 0
+        assert facesearch(suite.gateway.address, f"key-{tenant}", "migrate", "--to", NEW).returncode == 0
         assert other.stats().settings.model.id == NEW, "the other replica reads the switch (model_cache_s 0)"
         assert found_photos(other, ann) == found_photos(client, ann) != set()
         other.close()
@@ -403,8 +402,6 @@ def test_every_replica_follows_a_switch(suite: Suite, tmp_path: Path) -> None:
 
 
 def test_edits_wait_while_a_switch_is_under_way_and_a_switch_waits_for_edits() -> None:
-    import asyncio
-
     from gateway.errors import GatewayError
     from gateway.migration import EditGate
 
