@@ -29,8 +29,11 @@ Then ``--passes`` passes (default 2), each measuring everything once:
    (``load_casia_facenet()`` wrapped in ``ServedFaceNet``, the network Triton serves), and
    ONNX Runtime on the served model.onnx (a plain ``InferenceSession``; CPU only), each
    with ``--threads`` threads and with one, the faster of the two counting.
-6. A reference: the model alone, without a server, ``--model-batch`` crops per run (ONNX
-   Runtime on the CPU; the TorchScript model.pt on the GPU flavour's device).
+6. A reference: the model alone, without a server, ``--model-batch`` crops per run: ONNX
+   Runtime on the CPU for onnx-python; the TorchScript model.pt on the device for
+   torch-cuda-python; for onnxruntime-onnx the served model.onnx in ONNX Runtime with the CUDA
+   execution provider (fp32, no TensorRT), recorded as skipped, with the reason, where the
+   onnxruntime installed here has no working CUDA provider (the CPU build has none).
 
 With ``--shared-memory none,system`` (the client's ``shared_memory`` setting, comma-separated)
 each Triton level in 4 is measured once per way of passing the crops, one right after the other
@@ -52,11 +55,17 @@ passes the naive ways first. Results go to bench/results/<name>.{json,md}; the n
 
 Targets: onnx-python (CPU): Triton at its best concurrency >= 1.5 x the one-at-a-time torch
 faces/s, in every pass. torch-cuda-python (one CUDA GPU, fp16): >= 20,000 faces/s end to end
-through Triton and >= 50,000 faces/s for the model alone. One Python client process cannot
+through Triton and >= 50,000 faces/s for the model alone. onnxruntime-onnx (one CUDA GPU,
+TensorRT in fp16): >= 20,000 faces/s end to end through Triton. One Python client process cannot
 send 20,000 single-face gRPC requests a second: raise ``--faces-per-request`` there.
+
+onnxruntime-onnx needs Triton's onnxruntime backend. The tritonserver this benchmark starts is
+the one bundled in nvidia-pytriton; where that has no onnxruntime backend the benchmark exits
+before measuring anything, saying so (as it does, sooner, for either GPU flavour without a GPU).
 
     python -m bench.embedder_throughput [--passes 2] [--concurrency 1,4,16] [--faces 256]
     python -m bench.embedder_throughput --flavour torch-cuda-python --concurrency 1,4,16,64
+    python -m bench.embedder_throughput --flavour onnxruntime-onnx --faces-per-request 16
     python -m bench.embedder_throughput --faces-per-request 16 --shared-memory none,system
     python -m bench.embedder_throughput --render bench/results/embedder_throughput.json
 """
@@ -97,19 +106,32 @@ from bench.report import (
     write_results,
 )
 from services.embedder.client.factory import create_embedder
-from services.embedder.serving.provisioning import prepare_models
-from services.embedder.serving.serve import build_server, check_servable
+from services.embedder.serving import flavours
+from services.embedder.serving.provisioning import ProvisioningError, prepare_models
+from services.embedder.serving.serve import build_server, bundled_backends, check_servable
 from services.embedder.serving.triton_server import TritonServer
 from services.embedder.settings import EmbedderSettings
 
 TARGET_SPEEDUP = 1.5  # CPU: Triton at its best concurrency vs one-at-a-time torch
-GPU_TARGET_END_TO_END = 20_000  # faces/s through Triton, torch-cuda-python on one GPU
-GPU_TARGET_MODEL_ALONE = 50_000  # faces/s of the model alone on that GPU
+GPU_TARGET_END_TO_END = 20_000  # faces/s through Triton, each GPU flavour on one GPU
+GPU_TARGET_MODEL_ALONE = 50_000  # faces/s of torch-cuda-python's model alone on that GPU
+GPU_FLAVOURS = ("torch-cuda-python", "onnxruntime-onnx")
 TUNING_TIE = 0.05  # candidate configurations this close in faces/s count as equally fast
 SHIPPED, TUNED = "shipped default", "tuned"
 SHARED_MEMORY_MODES = ("none", "system", "cuda")  # the client's shared_memory setting
 SERVING_FIELDS = ("instances", "intra_op_threads", "max_queue_delay_us", "max_batch_size", "preferred_batch_sizes")
 
+# What a GPU flavour's run looks like, beside its candidate configurations.
+GPU_SIZES = {
+    "device": "cuda",
+    "precision": "fp16",
+    "faces": 16384,
+    "tune_faces": 4096,
+    "concurrency": "1,4,16,64",
+    "max_batch_size": 64,
+    "preferred": "16,32,64",
+    "model_batch": 256,
+}
 # Per flavour: what the run looks like unless the options say otherwise.
 FLAVOUR_DEFAULTS: dict[str, dict] = {
     "onnx-python": {
@@ -125,17 +147,10 @@ FLAVOUR_DEFAULTS: dict[str, dict] = {
         "configs": "1x{t}@500,1x1@500,1x{t}@2000,1x1@2000",
         "model_batch": 16,
     },
-    "torch-cuda-python": {
-        "device": "cuda",
-        "precision": "fp16",
-        "faces": 16384,
-        "tune_faces": 4096,
-        "concurrency": "1,4,16,64",
-        "max_batch_size": 64,
-        "preferred": "16,32,64",
-        "configs": "1x{t}@500,2x{t}@500",
-        "model_batch": 256,
-    },
+    "torch-cuda-python": {**GPU_SIZES, "configs": "1x{t}@500,2x{t}@500"},
+    # Triton's onnxruntime backend with TensorRT on the GPU; its config has no intra-op threads,
+    # so the candidates differ in instances only.
+    "onnxruntime-onnx": {**GPU_SIZES, "configs": "1x1@500,2x1@500"},
 }
 
 
@@ -639,6 +654,61 @@ def measure_torchscript_alone(settings: EmbedderSettings, faces: np.ndarray, bat
     }
 
 
+def onnx_runtime_cuda_session(path: Path):
+    """A plain ONNX Runtime session on the served model.onnx with the CUDA execution provider
+    (and only it), or the reason there is none: the onnxruntime package installed here may be
+    the CPU build, and a CUDA provider that cannot load its libraries leaves the CPU one."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        return None, (
+            f"ONNX Runtime {onnxruntime.__version__} here has no CUDAExecutionProvider (providers: "
+            f"{', '.join(available)}); the onnxruntime-gpu build has it"
+        )
+    session = onnxruntime.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        providers = ", ".join(session.get_providers())
+        return None, f"ONNX Runtime could not start its CUDAExecutionProvider (the session has {providers})"
+    return session, ""
+
+
+def measure_onnx_runtime_cuda_alone(session, faces: np.ndarray, batch: int, meter: LoadMeter) -> dict:
+    """The served model.onnx in ``session`` (``onnx_runtime_cuda_session``), ``batch`` crops per
+    run, input and output bound on the GPU (I/O binding), so that each run is the model's
+    compute, timed up to the outputs' synchronisation. Unlike Triton's onnxruntime-onnx model
+    it runs without TensorRT, in the model file's fp32."""
+    import onnxruntime
+
+    runs = max(1, len(faces) // batch)
+    crops = onnxruntime.OrtValue.ortvalue_from_numpy(repeat_faces(faces, batch), "cuda", 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(session.get_inputs()[0].name, crops)
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cuda", 0)
+    for _ in range(3):  # warm-up, not timed
+        session.run_with_iobinding(binding)
+    binding.synchronize_outputs()
+    quiet = meter.settle()
+    first = meter.reading()
+    began = time.perf_counter()
+    for _ in range(runs):
+        session.run_with_iobinding(binding)
+    binding.synchronize_outputs()
+    seconds = time.perf_counter() - began
+    return {
+        "crops_per_run": batch,
+        "precision": "fp32",
+        "device": "cuda",
+        "runtime": f"ONNX Runtime {onnxruntime.__version__}, CUDAExecutionProvider",
+        "faces": runs * batch,
+        "seconds": round(seconds, 4),
+        "faces_per_s": round(runs * batch / seconds, 1),
+        "load": meter.usage(first, meter.reading()),
+        "quiet": quiet,
+    }
+
+
 # --- summary -----------------------------------------------------------------------------------
 
 
@@ -687,6 +757,8 @@ def evaluate(flavour: str, passes: list[dict]) -> dict:
             if flavour == "torch-cuda-python":
                 alone = run["model_alone"]["faces_per_s"]
                 row["met"] = best["faces_per_s"] >= GPU_TARGET_END_TO_END and alone >= GPU_TARGET_MODEL_ALONE
+            elif flavour in GPU_FLAVOURS:
+                row["met"] = best["faces_per_s"] >= GPU_TARGET_END_TO_END
             else:
                 row["met"] = row["speedup_vs_torch"] >= TARGET_SPEEDUP
             rows.append(row)
@@ -695,6 +767,8 @@ def evaluate(flavour: str, passes: list[dict]) -> dict:
             f">= {GPU_TARGET_END_TO_END:,} faces/s end to end through Triton at the best concurrency and "
             f">= {GPU_TARGET_MODEL_ALONE:,} faces/s for the model alone, in every pass"
         )
+    elif flavour in GPU_FLAVOURS:
+        target = f">= {GPU_TARGET_END_TO_END:,} faces/s end to end through Triton at the best concurrency in every pass"
     else:
         target = (
             f"Triton at its best concurrency >= {TARGET_SPEEDUP}x the one-at-a-time torch faces/s (the faster "
@@ -894,7 +968,13 @@ def markdown(result: dict) -> str:
         for o in run.get("onnx_runtime_one_at_a_time", []):
             lines.append(row(number, f"naive: ONNX Runtime, one crop per run, {o['threads']} thread(s)", 1, o))
         a = run["model_alone"]
-        lines.append(row(number, f"reference: model alone, {a['crops_per_run']} crops per run (no server)", "", a))
+        if "skipped" in a:
+            lines.append(
+                f"| {number} | reference: model alone, {a['crops_per_run']} crops per run (no server) | | | "
+                f"skipped: {a['skipped']} | | | | | | |"
+            )
+        else:
+            lines.append(row(number, f"reference: model alone, {a['crops_per_run']} crops per run (no server)", "", a))
     lines += [
         "",
         "Triton's statistics per level (timed part only): queue ms per request, model compute ms per execution:",
@@ -972,13 +1052,16 @@ def markdown(result: dict) -> str:
     if cpu:
         lines += [
             "",
-            "This run measured the CPU only. The GPU flavour (targets "
-            f"{GPU_TARGET_END_TO_END:,} faces/s end to end and {GPU_TARGET_MODEL_ALONE:,} faces/s for the model "
-            "alone) is measured by the same script on a machine with a CUDA GPU, into "
-            "bench/results/embedder_throughput_torch-cuda-python.{json,md}:",
+            "This run measured the CPU only. The GPU flavours (targets "
+            f"{GPU_TARGET_END_TO_END:,} faces/s end to end, and for torch-cuda-python {GPU_TARGET_MODEL_ALONE:,} "
+            "faces/s for the model alone) are measured by the same script on a machine with a CUDA GPU, into "
+            "bench/results/embedder_throughput_<flavour>.{json,md} (onnxruntime-onnx needs a tritonserver with "
+            "the onnxruntime backend):",
             "",
             "```sh",
             "python -m bench.embedder_throughput --flavour torch-cuda-python --concurrency 1,4,16,64 "
+            "[--faces-per-request 16]",
+            "python -m bench.embedder_throughput --flavour onnxruntime-onnx --concurrency 1,4,16,64 "
             "[--faces-per-request 16]",
             "```",
         ]
@@ -1046,6 +1129,8 @@ def parse_args() -> argparse.Namespace:
     defaults = FLAVOUR_DEFAULTS[args.flavour]
     if args.device and args.flavour == "onnx-python" and args.device != "cpu":
         parser.error("the onnx-python flavour runs on the CPU")
+    if args.device and args.flavour == "onnxruntime-onnx" and args.device != "cuda":
+        parser.error("the onnxruntime-onnx flavour runs on a CUDA GPU (Triton's onnxruntime backend with TensorRT)")
     args.device = args.device or defaults["device"]
     args.precision = args.precision or defaults["precision"]
     args.faces = args.faces or defaults["faces"]
@@ -1068,8 +1153,25 @@ def parse_args() -> argparse.Namespace:
     if "cuda" in args.shared_memory and not torch.cuda.is_available():
         parser.error("--shared-memory cuda needs a CUDA GPU, and torch sees none here")
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--flavour {args.flavour} needs a CUDA GPU, and torch sees none here")
+        needs = "a CUDA GPU and Triton's onnxruntime backend" if args.flavour == "onnxruntime-onnx" else "a CUDA GPU"
+        parser.error(f"--flavour {args.flavour} needs {needs}, and torch sees no GPU here")
     return args
+
+
+def check_triton_serves(settings: EmbedderSettings) -> None:
+    """Exits, saying why, when the tritonserver this benchmark starts (the one bundled in
+    nvidia-pytriton) lacks the flavour's backend, before anything is measured."""
+    try:
+        check_servable(settings)
+    except ProvisioningError:
+        backend = flavours.get(settings.flavour).backend
+        here = sorted(bundled_backends())
+        servable = [f.name for f in flavours.FLAVOUR_TABLE if f.backend in here]
+        raise SystemExit(
+            f"--flavour {settings.flavour} needs Triton's {backend} backend (on a CUDA GPU), and the tritonserver "
+            f"this benchmark starts (bundled in nvidia-pytriton) has the {', '.join(here)} backend only: "
+            f"nothing measured (it measures {', '.join(servable)} here)"
+        ) from None
 
 
 def main() -> None:
@@ -1081,6 +1183,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="embedder-bench-") as temporary:
         work = Path(temporary)
         repository = (args.repository or work / "models").absolute()
+        shipped = ServingConfig.shipped()
+        first = embedder_settings(args, repository, work / "triton", shipped)
+        check_triton_serves(first)
 
         print(f"crops: detecting faces in {args.data} ...")
         crops, crop_info = detect_crops(args.data, args.detector_threads)
@@ -1090,10 +1195,7 @@ def main() -> None:
             f"{len(faces)} faces per measurement"
         )
 
-        shipped = ServingConfig.shipped()
         print(f"models: preparing {args.flavour} in {repository} ...")
-        first = embedder_settings(args, repository, work / "triton", shipped)
-        check_servable(first)
         began = time.perf_counter()
         prepare_models(first, flavours=[args.flavour])
         print(f"  ready in {time.perf_counter() - began:.1f} s")
@@ -1118,6 +1220,7 @@ def main() -> None:
         # second core gains; the faster counts.
         thread_counts = [args.threads] + ([1] if args.device == "cpu" and args.threads != 1 else [])
         onnx_path = repository / "onnx-python" / first.model_id / first.model_version / "model.onnx"
+        flavour_onnx_path = repository / args.flavour / first.model_id / first.model_version / "model.onnx"
         passes: list[dict] = []
         vectors: dict[str, np.ndarray] = {}
         for number in range(1, args.passes + 1):
@@ -1167,6 +1270,15 @@ def main() -> None:
                             onnx_path, faces, args.model_batch, args.threads, meter, args.max_seconds
                         ),
                     )
+                elif args.flavour == "onnxruntime-onnx":
+                    session, reason = onnx_runtime_cuda_session(flavour_onnx_path)
+                    run["model_alone"] = (
+                        least_disturbed(
+                            meter, lambda: measure_onnx_runtime_cuda_alone(session, faces, args.model_batch, meter)
+                        )
+                        if session is not None
+                        else {"skipped": reason, "crops_per_run": args.model_batch, "device": args.device}
+                    )
                 else:
                     run["model_alone"] = least_disturbed(
                         meter, lambda: measure_torchscript_alone(settings[SHIPPED], faces, args.model_batch, meter)
@@ -1176,7 +1288,11 @@ def main() -> None:
                         print(
                             f"  pass {number} {key}, {summary['threads']} thread(s): {summary['faces_per_s']} faces/s"
                         )
-                print(f"  pass {number} model alone: {run['model_alone']['faces_per_s']} faces/s")
+                alone = run["model_alone"]
+                print(
+                    f"  pass {number} model alone: "
+                    + (f"skipped, {alone['skipped']}" if "skipped" in alone else f"{alone['faces_per_s']} faces/s")
+                )
 
             # Odd passes: Triton in each configuration, then the naive ways; even passes the
             # other way round, so that a drift in the machine's speed favours neither.

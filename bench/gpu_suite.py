@@ -13,6 +13,9 @@ and exits with status 2, running nothing. Then each step runs as a child process
    flavour of ``services.embedder.serving.flavours`` (instances of kind ``KIND_GPU``) that
    the benchmark measures; a GPU flavour it has no ``--flavour`` for is listed as skipped,
    with the reason. Target: >= 20,000 faces/s end to end through Triton on one H100.
+   ``embedder-onnxruntime-onnx`` needs Triton's onnxruntime backend: where the tritonserver
+   the benchmark starts (the one bundled in nvidia-pytriton) has none, the benchmark exits
+   before measuring, saying so, and the step is recorded as failed with that message.
 3. ``indexing``: ``bench.indexing_throughput --detector-device cuda --embedder-flavour
    torch-cuda-python``: IndexPhotos end to end per detector backend and embedding model, the
    detector and Triton's model on the GPU, against the naive script (which stays on the CPU).

@@ -56,6 +56,9 @@ def parsed_by_its_benchmark(step: gpu_suite.Step, monkeypatch: pytest.MonkeyPatc
     return caught.value.namespace
 
 
+GPU_FLAVOURS = [f.name for f in flavours.FLAVOUR_TABLE if f.instance_kind == "KIND_GPU"]
+
+
 @pytest.fixture(scope="module")
 def steps() -> list[gpu_suite.Step]:
     return gpu_suite.plan(OUT)
@@ -68,6 +71,7 @@ def test_every_gpu_step_parses_with_its_benchmarks_own_parser(steps, monkeypatch
         "bench.embedder_throughput",
         "bench.indexing_throughput",
     }
+    embedder_flavours = []
     for step in runnable:
         with monkeypatch.context() as patch:
             args = parsed_by_its_benchmark(step, patch)
@@ -76,13 +80,23 @@ def test_every_gpu_step_parses_with_its_benchmarks_own_parser(steps, monkeypatch
                 assert DetectorSettings(port=0).device == "cuda"  # the benchmark's detector, from the environment
             if step.module == "bench.embedder_throughput":
                 assert args.device == "cuda" and args.flavour in flavours.REGISTRY
+                assert step.name == f"embedder-{args.flavour}"
+                embedder_flavours.append(args.flavour)
             if step.module == "bench.indexing_throughput":
                 assert args.detector_device == "cuda" and args.embedder_device == "cuda"
                 assert flavours.get(args.embedder_flavour).instance_kind == "KIND_GPU"
+    assert embedder_flavours == GPU_FLAVOURS  # every GPU flavour's step parses, none left out
+
+
+def test_no_embedder_step_is_skipped(steps) -> None:
+    embedder = [step for step in steps if step.module == "bench.embedder_throughput"]
+    assert [step.name for step in embedder] == [f"embedder-{name}" for name in GPU_FLAVOURS]
+    assert {step.name: step.skipped for step in embedder if step.skipped} == {}
+    assert set(GPU_FLAVOURS) <= gpu_suite.embedder_benchmark_flavours()
 
 
 def test_the_gpu_steps_cover_every_gpu_flavour_by_its_registered_name(steps) -> None:
-    gpu = [f.name for f in flavours.FLAVOUR_TABLE if f.instance_kind == "KIND_GPU"]
+    gpu = GPU_FLAVOURS
     named = {
         flag: [step.args[step.args.index(flag) + 1] for step in steps if flag in step.args]
         for flag in ("--flavour", "--embedder-flavour")
@@ -115,17 +129,19 @@ def test_each_steps_figure_is_read_from_its_benchmarks_results(tmp_path) -> None
     """The figures come from the results files as the benchmarks write them (here the CPU runs'
     files, under the names the GPU runs give theirs)."""
     results = REPO / "bench" / "results"
-    gpu_embedder = tmp_path / "embedder_throughput_torch-cuda-python.json"
-    gpu_embedder.write_text((results / "embedder_throughput.json").read_text())
+    gpu_embedder = [tmp_path / f"embedder_throughput_{name}.json" for name in GPU_FLAVOURS]
+    for path in gpu_embedder:
+        path.write_text((results / "embedder_throughput.json").read_text())
     figures = {
         step.name: step.figure(
-            [results / "detector_throughput.json", results / "indexing_throughput.json", gpu_embedder]
+            [results / "detector_throughput.json", results / "indexing_throughput.json", *gpu_embedder]
         )
         for step in gpu_suite.plan(OUT)
         if not step.skipped
     }
     assert figures["detector"].endswith("photos/s through the detector (not met)")
-    assert "faces/s through Triton at best" in figures["embedder-torch-cuda-python"]
+    for name in GPU_FLAVOURS:
+        assert "faces/s through Triton at best" in figures[f"embedder-{name}"]
     assert figures["indexing"].startswith("best ") and "15x met by" in figures["indexing"]
 
 

@@ -4,6 +4,7 @@ and a real detector server on loopback with backend=blazeface on the labelled ph
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -85,6 +86,24 @@ def test_both_models_are_read_from_the_installed_wheel_and_match_their_anchors()
         assert backend.interpreters[name].model is model
     assert len(anchors(MODELS["full"])) == 48 * 48
     assert len(anchors(MODELS["short"])) == 16 * 16 * 2 + 8 * 8 * 6
+
+
+def test_each_thread_detects_with_its_own_interpreters_and_finds_the_same_faces():
+    backend = BlazeFaceBackend()
+    backend.load()
+    photos = [
+        np.asarray(Image.open(photo_path("compreface", name)).convert("RGB")) for name in ("016_8.jpg", "013_4.jpg")
+    ]
+    alone = [backend.detect([pixels], 20, 0.9)[0] for pixels in photos]
+    mine = backend.interpreters
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        theirs = list(pool.map(lambda _: backend.interpreters, range(4)))
+        together = list(pool.map(lambda i: backend.detect([photos[i % 2]], 20, 0.9)[0], range(8)))
+    assert all(t["full"] is not mine["full"] and t["short"] is not mine["short"] for t in theirs)
+    for i, faces in enumerate(together):
+        expected = alone[i % 2]
+        assert len(faces) == len(expected) == (8 if i % 2 == 0 else 4)
+        assert np.array([f.box for f in faces]) == pytest.approx(np.array([f.box for f in expected]))
 
 
 def test_decoding_puts_boxes_and_keypoints_around_their_anchor():

@@ -116,15 +116,16 @@ def decode(
     """Boxes (K x 4, x_min y_min x_max y_max), keypoints (K x 6 x 2) in input pixels and
     scores (K) of the anchors scoring at least ``min_score``. Every anchor is one input
     side square: offsets and sizes are in input pixels around its centre."""
-    probabilities = 1.0 / (1.0 + np.exp(-np.clip(scores.astype(np.float64), -100, 100)))
-    keep = np.flatnonzero(probabilities >= min_score)
+    # The sigmoid rises, so the anchors are chosen on their logits and only those kept are scored.
+    keep = np.flatnonzero(scores >= np.log(min_score / (1.0 - min_score)))
+    probabilities = 1.0 / (1.0 + np.exp(-np.clip(scores[keep].astype(np.float64), -100, 100)))
     raw = regressors[keep].astype(np.float64)
     centres = anchor_centres[keep] * side
     middle = centres + raw[:, 0:2]
     half = raw[:, 2:4] / 2
     boxes = np.concatenate([middle - half, middle + half], axis=1)
     points = raw[:, 4 : 4 + 2 * KEYPOINTS].reshape(-1, KEYPOINTS, 2) + centres[:, None, :]
-    return boxes, points, probabilities[keep]
+    return boxes, points, probabilities
 
 
 def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -250,10 +251,28 @@ class BlazeFaceBackend(FaceDetectorBackend):
         self.threads = threads
         self._scores = np.array([0.0, min_score, upright_score, 1.0])
         self._confidences = np.array([0.0, 0.9, UPRIGHT_CONFIDENCE, 1.0])
-        self.interpreters: dict[str, _Interpreter] = {}
+        self._loaded = False
+        # An interpreter's tensors belong to one call at a time, so each thread that detects
+        # (the detector's fixed pool of workers) has its own pair, made on its first call.
+        self._per_thread = threading.local()
 
     def load(self) -> None:
-        self.interpreters = {name: _Interpreter(model, self.threads) for name, model in MODELS.items()}
+        self._loaded = True
+        self._own_interpreters()  # the model files are read and checked now, not on the first photo
+
+    @property
+    def interpreters(self) -> dict[str, _Interpreter]:
+        """The calling thread's interpreters, by model name."""
+        return self._own_interpreters()
+
+    def _own_interpreters(self) -> dict[str, _Interpreter]:
+        if not self._loaded:
+            raise RuntimeError("BlazeFaceBackend.detect called before load()")
+        mine = getattr(self._per_thread, "interpreters", None)
+        if mine is None:
+            mine = {name: _Interpreter(model, self.threads) for name, model in MODELS.items()}
+            self._per_thread.interpreters = mine
+        return mine
 
     def confidence(self, score: float) -> float:
         """BlazeFace's score on the detector's confidence scale."""
@@ -264,25 +283,28 @@ class BlazeFaceBackend(FaceDetectorBackend):
         return float(np.interp(confidence, self._confidences, self._scores))
 
     def detect(self, images: list[np.ndarray], min_face_size: int, min_confidence: float) -> list[list[FaceCandidate]]:
-        if not self.interpreters:
-            raise RuntimeError("BlazeFaceBackend.detect called before load()")
-        return [self._detect_one(image, min_face_size, min_confidence) for image in images]
+        interpreters = self.interpreters
+        return [self._detect_one(interpreters, image, min_face_size, min_confidence) for image in images]
 
-    def _detect_one(self, image: np.ndarray, min_face_size: int, min_confidence: float) -> list[FaceCandidate]:
+    def _detect_one(
+        self, interpreters: dict[str, _Interpreter], image: np.ndarray, min_face_size: int, min_confidence: float
+    ) -> list[FaceCandidate]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an H x W x 3 uint8 image, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
         if min(height, width) < min_face_size:
             return []
         whole = Window(0, 0, max(width, height), (True, True, True, True))
-        full = self.interpreters["full"]
-        passes = [(self.interpreters["short"], whole)]
-        if self.tiles:
-            passes += [(full, window) for window in windows(width, height, min_face_size, full.model.side)]
-        else:
-            passes.append((full, whole))
+        short, full = interpreters["short"], interpreters["full"]
         min_score = self.score(min_confidence)
-        found = [interpreter.run(image, window, min_score) for interpreter, window in passes]
+        tiles = windows(width, height, min_face_size, full.model.side) if self.tiles else [whole]
+        # Finest level first: each coarser one is scaled down from the one before (half its side).
+        level = None
+        found = []
+        for side in sorted({window.side for window in tiles}):
+            level = Level(image, full.model.side / side, level)
+            found += [full.run(level, window, min_score) for window in tiles if window.side == side]
+        found.append(short.run(Level(image, short.model.side / whole.side, level), whole, min_score))
         boxes = np.concatenate([f[0] for f in found])
         points = np.concatenate([f[1] for f in found])
         scores = np.concatenate([f[2] for f in found])
@@ -297,6 +319,25 @@ class BlazeFaceBackend(FaceDetectorBackend):
                 continue
             faces.append(FaceCandidate(box=clipped, landmarks=landmarks, confidence=self.confidence(score)))
         return faces
+
+
+class Level:
+    """The photo scaled by ``scale`` once for all the windows that one model input sees at that
+    scale, normalised as the model takes it. It is scaled from ``finer``, a level already made
+    at a larger scale, when there is one (halving a level is cheaper than shrinking the photo)."""
+
+    def __init__(self, image: np.ndarray, scale: float, finer: Level | None = None) -> None:
+        self.scale = scale
+        height, width = image.shape[:2]
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        source, source_scale = (image, 1.0) if finer is None else (finer.scaled, finer.scale)
+        interpolation = cv2.INTER_AREA if scale < source_scale else cv2.INTER_LINEAR
+        self.scaled = cv2.resize(source, size, interpolation=interpolation)
+        self.pixels = self.scaled.astype(np.float32) / 127.5 - 1.0
+
+    def origin(self, window: Window) -> tuple[int, int]:
+        """The window's top-left corner in the scaled photo's pixels."""
+        return round(window.x * self.scale), round(window.y * self.scale)
 
 
 class _Interpreter:
@@ -319,26 +360,29 @@ class _Interpreter:
             raise ValueError(f"unexpected BlazeFace outputs {[o['shape'] for o in outputs]}")
         self._input, self._regressors, self._scores = source["index"], by_width[16], by_width[1]
         self._interpreter = interpreter
-        self._lock = threading.Lock()  # the interpreter's tensors are shared by every call
+        self._tensor = np.zeros((1, model.side, model.side, 3), dtype=np.float32)
 
-    def run(self, image: np.ndarray, window: Window, min_score: float):
-        """Boxes, keypoints and scores of the faces found in one window, in photo pixels."""
+    def run(self, level: Level, window: Window, min_score: float):
+        """Boxes, keypoints and scores of the faces found in one window, in photo pixels. The
+        part of the window beyond the photo is left at zero (mid grey once normalised)."""
         side = self.model.side
-        part = image[window.y : window.y + window.side, window.x : window.x + window.side]
-        scale = side / window.side
-        size = (max(1, round(part.shape[1] * scale)), max(1, round(part.shape[0] * scale)))
-        resized = cv2.resize(part, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        tensor = np.zeros((1, side, side, 3), dtype=np.float32)
-        tensor[0, : size[1], : size[0]] = resized.astype(np.float32) / 127.5 - 1.0
-        with self._lock:
-            self._interpreter.set_tensor(self._input, tensor)
-            self._interpreter.invoke()
-            regressors = self._interpreter.get_tensor(self._regressors)[0]
-            scores = self._interpreter.get_tensor(self._scores)[0, :, 0]
+        left, top = level.origin(window)
+        part = level.pixels[top : top + side, left : left + side]
+        size = (part.shape[1], part.shape[0])
+        tensor = self._tensor
+        tensor[0, : size[1], : size[0]] = part
+        if size != (side, side):
+            tensor[0, size[1] :] = 0.0
+            tensor[0, :, size[0] :] = 0.0
+        self._interpreter.set_tensor(self._input, tensor)
+        self._interpreter.invoke()
+        regressors = self._interpreter.get_tensor(self._regressors)[0]
+        scores = self._interpreter.get_tensor(self._scores)[0, :, 0]
         boxes, points, probabilities = decode(regressors, scores, self.anchor_centres, side, min_score)
         inner = _whole_inside(boxes, window, size, side)
-        offset = np.array([window.x, window.y], dtype=np.float64)
-        return boxes[inner] / scale + np.tile(offset, 2), points[inner] / scale + offset, probabilities[inner]
+        offset = np.array([left, top], dtype=np.float64)
+        scale = level.scale
+        return (boxes[inner] + np.tile(offset, 2)) / scale, (points[inner] + offset) / scale, probabilities[inner]
 
 
 def _whole_inside(boxes: np.ndarray, window: Window, size: tuple[int, int], side: int) -> np.ndarray:
