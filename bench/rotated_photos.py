@@ -35,6 +35,7 @@ from bench.report import DEFAULT_DATA, REPO, RESULTS, LoadMeter, heading, machin
 from gateway.settings import DEFAULT_THRESHOLDS
 from launcher.in_process import prepare_model_repository
 from services.detector.backends import create_backend
+from services.detector.backends.base import FaceDetectorBackend
 from services.detector.detection import Detection, FaceDetector
 from services.detector.images import ImageLimits, decode_image
 from services.detector.settings import DetectorSettings
@@ -109,7 +110,7 @@ def count_row(photos: list[Photo], detections: list[Detection], degrees: int) ->
     }
 
 
-class CountingBackend:
+class CountingBackend(FaceDetectorBackend):
     """A backend that counts its passes (calls) and the images they take."""
 
     def __init__(self, backend) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector.backends import blazeface
-from services.detector.backends.base import FaceCandidate
+from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
 from services.detector.backends.blazeface import (
     MODELS,
     BlazeFaceBackend,
@@ -26,7 +26,9 @@ from services.detector.backends.blazeface import (
     weighted_nms,
 )
 from services.detector.backends.cascade import CascadeBackend
-from services.detector.detection import UPRIGHT_CONFIDENCE
+from services.detector.detection import UPRIGHT_CONFIDENCE, FaceDetector
+from services.detector.images import DecodedImage
+from services.detector.settings import DetectorSettings
 from tests.conftest import photo_bytes, photo_path, start_detector
 
 # A 23 px face beside a large one, which BlazeFace scores 0.55 (MTCNN finds both).
@@ -225,7 +227,7 @@ def test_the_backend_refuses_images_that_are_not_rgb_bytes():
     assert backend.detect([np.zeros((10, 10, 3), np.uint8)], 20, 0.9) == [[]]
 
 
-class _Fixed:
+class _Fixed(FaceDetectorBackend):
     """A stand-in backend answering each image with the faces listed for its width."""
 
     def __init__(self, by_width: dict[int, list[FaceCandidate]]) -> None:
@@ -254,3 +256,25 @@ def test_the_cascade_runs_mtcnn_only_where_blazeface_finds_nothing_or_only_large
     thorough.seen = []
     found = CascadeBackend(fast, thorough, large_face=0.5).detect(images, 20, 0.9)
     assert thorough.seen == [100, 101] and [len(faces) for faces in found] == [1, 2, 2]
+
+
+def upright_face(side: float, confidence: float) -> FaceCandidate:
+    marks = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.55], [0.35, 0.75], [0.65, 0.75]]) * side
+    return FaceCandidate(box=np.array([0, 0, side, side], dtype=float), landmarks=marks, confidence=confidence)
+
+
+def test_the_cascade_tries_turns_with_blazeface_and_runs_mtcnn_on_the_turn_chosen_only():
+    # 120 wide, 100 high: only the photo turned a quarter (either way) is 100 wide, where the
+    # stand-ins find a face; BlazeFace's face is large, so the cascade asks MTCNN there.
+    photo = np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8)
+    fast = _Fixed({100: [upright_face(60, 0.95)]})
+    thorough = _Fixed({100: [upright_face(50, 0.97)]})
+    detector = FaceDetector(CascadeBackend(fast, thorough, large_face=0.5), DetectorSettings())
+    image = DecodedImage(pixels=photo, width=120, height=100, format="PNG", scale=1.0)
+    [detection] = detector.detect([image], detector.default_options())
+    # MTCNN ran on the photo as it is (at each threshold of the ladder) and on the turn chosen;
+    # the three turns were tried by BlazeFace alone.
+    assert thorough.seen == [120, 120, 100]
+    assert fast.seen == [120, 120, 100, 120, 100, 100]
+    [face] = detection.faces
+    assert face.rotation == 90 and face.confidence == pytest.approx(0.97)

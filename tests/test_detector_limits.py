@@ -17,6 +17,7 @@ from PIL import Image
 
 from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector import server as detector_server
+from services.detector.backends.base import FaceDetectorBackend
 from services.detector.images import DecodeBudget, DecodeBusy
 from services.runtime.ports import free_port
 from services.runtime.readiness import grpc_serving, wait_until_ready
@@ -88,7 +89,7 @@ def test_tiny_photos_have_no_face_and_the_rest_of_their_batch_succeeds(detector)
 POISON = (255, 0, 255)  # the backend below fails on any photo of this one colour
 
 
-class FailsOnOnePhoto:
+class FailsOnOnePhoto(FaceDetectorBackend):
     def __init__(self, backend) -> None:
         self.backend = backend
         self.name = backend.name

@@ -12,11 +12,16 @@ import pytest
 from PIL import Image
 
 from facesearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
+from services.detector.backends import create_backend
+from services.detector.backends.base import FaceDetectorBackend
+from services.detector.detection import FaceDetector
+from services.detector.images import ImageLimits, decode_image
+from services.detector.settings import DetectorSettings
 from tests.conftest import photo_bytes, start_detector
 from tests.test_detector_service import detect, encode
 
 
-class CountingBackend:
+class CountingBackend(FaceDetectorBackend):
     """The real backend, recording the images and threshold of each call."""
 
     def __init__(self, backend) -> None:
@@ -171,3 +176,38 @@ def test_with_turns_off_a_sideways_photo_has_no_face_as_before(turning, not_turn
     assert len(detect(stub, content).faces) == 0
     assert backend.calls == [(1, 0.9), (1, 0.8)]
     assert len(detect(turning[0], content).faces) == 1
+
+
+@pytest.fixture(scope="module")
+def cascade() -> FaceDetector:
+    settings = DetectorSettings(backend="cascade")
+    return FaceDetector(create_backend(settings), settings)
+
+
+def cascade_faces(detector: FaceDetector, content: bytes) -> list:
+    image = decode_image(
+        content, ImageLimits(max_bytes=1 << 26, max_pixels=1 << 26), min_side=detector.settings.max_side
+    )
+    [detection] = detector.detect([image], detector.default_options())
+    return detection.faces
+
+
+# Upright photos whose face BlazeFace scores too low to take them for upright: the cascade tries
+# them turned, where MTCNN used to score the face turned over higher than BlazeFace upright.
+UNSURE_UPRIGHT = [("face_api_js", "amy_2.png"), ("face_api_js", "howard_3.png"), ("azure_face", "family3_lady_1.jpg")]
+
+
+@pytest.mark.parametrize(("set_name", "name"), UNSURE_UPRIGHT)
+def test_the_cascade_keeps_upright_photos_upright(cascade, set_name, name):
+    [face] = cascade_faces(cascade, photo_bytes(set_name, name))
+    assert face.rotation == 0
+
+
+# MTCNN runs on the photo as it is, at each threshold, when BlazeFace finds nothing there (its
+# faces lying sideways are dropped; upside down it finds this face, at a low score), and on no turn.
+@pytest.mark.parametrize(("degrees", "mtcnn_runs"), [(90, 2), (180, 0), (270, 2)])
+def test_the_cascade_finds_a_turned_photos_face_trying_the_turns_with_blazeface(cascade, degrees, mtcnn_runs):
+    before = cascade.backend.thorough_photos
+    [face] = cascade_faces(cascade, turned(upright("2.jpg"), degrees))
+    assert face.rotation == degrees  # turned back counter-clockwise
+    assert cascade.backend.thorough_photos - before == mtcnn_runs

@@ -18,6 +18,8 @@ with the other such photos: three passes more at most, and none for a photo whos
 faces the first pass finds). A turn's faces replace those of the photo's own orientation when
 they are more confident (or when the photo has none); the crops are then cut from the turned,
 upright pixels, and the boxes and landmarks mapped back to the photo's own pixels.
+The turns are tried by the backend's ``orientation_probe``, a faster backend where it has one
+(the cascade's BlazeFace); the backend itself then detects the photo in the turn chosen.
 
 Every photo fails alone: when the backend raises on a batch, each of its photos is
 run again by itself, and a photo that still fails comes back as its own ``Detection``
@@ -157,15 +159,26 @@ class FaceDetector:
         """For each photo of ``pending`` (no upright face at the first threshold), the quarter turns and
         the faces of the turn whose faces are the most confident, when a turn finds any: one pass
         per turn over all of them, at the first pass's confidence. A turn the backend fails on
-        finds nothing (the photo keeps what its own orientation found)."""
+        finds nothing (the photo keeps what its own orientation found).
+
+        The turns are tried with the backend's ``orientation_probe``; when that is a faster
+        backend than the detector's own, the detector's own then detects each photo in the turn
+        chosen, and its faces stand (the probe's, should it find none)."""
+        probe = self.backend.orientation_probe
         best: dict[int, tuple[int, list[tuple[FaceCandidate, float]]]] = {}
         for turns in QUARTER_TURNS if pending else ():
-            batch = [(np.ascontiguousarray(np.rot90(inputs[i][0], turns)), inputs[i][1]) for i in pending]
-            for index, faces in zip(pending, self._run_backend(batch, options, options.min_confidence)):
+            batch = [_turned_input(inputs[i], turns) for i in pending]
+            for index, faces in zip(pending, self._run_backend(batch, options, options.min_confidence, probe)):
                 if isinstance(faces, Exception) or not faces:
                     continue
                 if index not in best or _most_confident(faces) > _most_confident(best[index][1]):
                     best[index] = (turns, faces)
+        if probe is not self.backend and best:
+            chosen = list(best)
+            batch = [_turned_input(inputs[i], best[i][0]) for i in chosen]
+            for index, faces in zip(chosen, self._run_backend(batch, options, options.min_confidence)):
+                if not isinstance(faces, Exception) and faces:
+                    best[index] = (best[index][0], faces)
         return best
 
     def _finish_turned(
@@ -210,13 +223,19 @@ class FaceDetector:
         return pixels, pixels.shape[1] / image.width
 
     def _run_backend(
-        self, inputs: list[tuple[np.ndarray, float]], options: DetectionOptions, threshold: float
+        self,
+        inputs: list[tuple[np.ndarray, float]],
+        options: DetectionOptions,
+        threshold: float,
+        backend: FaceDetectorBackend | None = None,
     ) -> list[list[tuple[FaceCandidate, float]] | Exception]:
-        """Backend candidates per input, with their scale, filtered by face size; the
-        exception instead for an input the backend fails on even alone."""
+        """Candidates of ``backend`` (the detector's own unless given) per input, with their
+        scale, filtered by face size; the exception instead for an input it fails on even alone."""
         scales = [scale for _, scale in inputs]
         search_size = max(self.settings.min_detection_face_size, round(options.min_face_size * min(scales)))
-        outputs = self._backend_outputs([pixels for pixels, _ in inputs], search_size, threshold)
+        outputs = self._backend_outputs(
+            backend or self.backend, [pixels for pixels, _ in inputs], search_size, threshold
+        )
         return [
             candidates
             if isinstance(candidates, Exception)
@@ -230,21 +249,23 @@ class FaceDetector:
         ]
 
     def _backend_outputs(
-        self, images: list[np.ndarray], search_size: int, threshold: float
+        self, backend: FaceDetectorBackend, images: list[np.ndarray], search_size: int, threshold: float
     ) -> list[list[FaceCandidate] | Exception]:
         """The backend on all images at once; when that raises, on each image alone."""
         try:
-            return list(self.backend.detect(images, search_size, threshold))
+            return list(backend.detect(images, search_size, threshold))
         except Exception as error:
             if len(images) == 1:
                 log.exception("the detector backend failed on a photo")
                 return [error]
             log.warning("the detector backend failed on a batch; running its photos one by one", exc_info=True)
-        return [self._alone(image, search_size, threshold) for image in images]
+        return [self._alone(backend, image, search_size, threshold) for image in images]
 
-    def _alone(self, image: np.ndarray, search_size: int, threshold: float) -> list[FaceCandidate] | Exception:
+    def _alone(
+        self, backend: FaceDetectorBackend, image: np.ndarray, search_size: int, threshold: float
+    ) -> list[FaceCandidate] | Exception:
         try:
-            [candidates] = self.backend.detect([image], search_size, threshold)
+            [candidates] = backend.detect([image], search_size, threshold)
         except Exception as error:
             log.exception("the detector backend failed on a photo", extra={"shape": list(image.shape)})
             return error
@@ -317,6 +338,12 @@ class FaceDetector:
             crop=crop if options.include_crops else None,
             whole_image_fallback=True,
         )
+
+
+def _turned_input(detection_input: tuple[np.ndarray, float], turns: int) -> tuple[np.ndarray, float]:
+    """A detection input (pixels, scale) turned ``turns`` quarter turns counter-clockwise."""
+    pixels, scale = detection_input
+    return np.ascontiguousarray(np.rot90(pixels, turns)), scale
 
 
 def _most_confident(candidates: list[tuple[FaceCandidate, float]]) -> float:

@@ -32,3 +32,10 @@ class FaceDetectorBackend(ABC):
         as the backend allows. Returns, per image, the faces whose confidence is
         at least ``min_confidence`` and whose shorter side is at least about
         ``min_face_size`` pixels."""
+
+    @property
+    def orientation_probe(self) -> FaceDetectorBackend:
+        """The backend that tries a photo turned, to learn whether it is stored sideways or upside
+        down: this one, or a faster one that finds the faces this one would (a cascade's first
+        stage). The detector then runs this backend on the turn the probe chose."""
+        return self

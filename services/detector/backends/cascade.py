@@ -27,6 +27,12 @@ class CascadeBackend(FaceDetectorBackend):
         self.fast.load()
         self.thorough.load()
 
+    @property
+    def orientation_probe(self) -> FaceDetectorBackend:
+        """BlazeFace alone: a photo's turns are told apart by its large faces, and MTCNN then
+        runs (where BlazeFace finds nothing or only large faces) on the turn chosen only."""
+        return self.fast
+
     def needs_thorough(self, image: np.ndarray, faces: list[FaceCandidate]) -> bool:
         if not faces:
             return True
