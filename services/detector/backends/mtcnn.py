@@ -1,18 +1,17 @@
-"""MTCNN from facenet-pytorch; its weights ship inside the wheel."""
+"""MTCNN: facenet-pytorch's three networks, whose weights ship inside its wheel, run by the
+project's own stages (``mtcnn_stages``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
-from facenet_pytorch.models.utils.detect_face import detect_face
 
 from services.detector.backends.base import FaceCandidate, FaceDetectorBackend
+from services.detector.backends.mtcnn_stages import CELL, detect_faces
 
 # Step between the scales of the image pyramid (facenet-pytorch's default).
 PYRAMID_FACTOR = 0.709
-# Side of P-Net's window: the smallest face it finds at the pyramid's first level.
-PNET_SIDE = 12
 
 
 class MtcnnBackend(FaceDetectorBackend):
@@ -44,7 +43,7 @@ class MtcnnBackend(FaceDetectorBackend):
         if not images:
             return []
         results: list[list[FaceCandidate]] = [[] for _ in images]
-        search_size = max(PNET_SIDE, min_face_size)
+        search_size = max(CELL, min_face_size)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             # The pyramid's largest level maps search_size onto P-Net's 12 px window: an image
@@ -54,15 +53,10 @@ class MtcnnBackend(FaceDetectorBackend):
         for (height, width, _), indices in by_shape.items():
             batch = np.stack([images[i] for i in indices])
             with torch.inference_mode():
-                boxes, points = detect_face(
-                    batch,
-                    search_size,
-                    *self.nets,
-                    self.stage_thresholds(min_confidence),
-                    PYRAMID_FACTOR,
-                    self.device,
+                found = detect_faces(
+                    batch, search_size, self.nets, self.stage_thresholds(min_confidence), PYRAMID_FACTOR, self.device
                 )
-            for index, image_boxes, image_points in zip(indices, boxes, points):
+            for index, (image_boxes, image_points) in zip(indices, found):
                 results[index] = _candidates(image_boxes, image_points, width, height)
         return results
 
