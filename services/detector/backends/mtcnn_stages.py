@@ -10,10 +10,11 @@
    moved by its offsets and suppressed, a box dropped when it overlaps a better one by 0.7 of
    the smaller one's area.
 
-The pyramid's levels and the crops are resampled by area (torch's adaptive average pooling,
-on the device), as facenet-pytorch resamples them: OpenCV's exact area weights moved boxes
-enough to change which faces were found and how well they matched (measured on the labelled
-photos). Pixels reach the networks as ``(value - 127.5) / 128``, RGB, laid out channels last.
+The pyramid's levels and the crops are resampled by area as facenet-pytorch resamples them
+(torch's adaptive average pooling; ``area_sampling`` computes the same from running sums on the
+CPU): OpenCV's exact area weights moved boxes enough to change which faces were found and how
+well they matched (measured on the labelled photos). Pixels reach the networks as
+``(value - 127.5) / 128``, RGB, laid out channels last.
 With the same arithmetic (single precision), the faces found are facenet-pytorch's.
 """
 
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from services.detector.backends.area_sampling import AreaSampler, TorchAreaSampler, sampler_for
+
 STRIDE = 2  # P-Net's window moves this far on each pyramid level
 CELL = 12  # P-Net's window side
 RNET_SIDE, ONET_SIDE = 24, 48
@@ -33,6 +36,8 @@ NET_BATCH = 512  # crops per R-Net or O-Net call, bounding memory
 # Boxes are computed in single precision, as facenet-pytorch computes them: a box's corners are
 # cut to whole pixels, and in double precision some land a pixel apart and tip borderline faces.
 BOX_DTYPE = np.float32
+
+Sampler = AreaSampler | TorchAreaSampler
 
 
 @dataclass
@@ -68,29 +73,29 @@ def detect_faces(
     images: np.ndarray, min_face_size: int, nets, thresholds: list[float], factor: float, device: torch.device
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image of ``images`` (N x H x W x 3 uint8 RGB, one size): its faces' boxes (K x 5: x1
-    y1 x2 y2 score) and landmarks (K x 5 x 2, x and y). ``pixels`` below: the images as an
-    N x 3 x H x W float tensor on ``device``."""
+    y1 x2 y2 score) and landmarks (K x 5 x 2, x and y). ``pixels`` below: the images' area
+    sampler (``area_sampling``)."""
     pnet, rnet, onet = nets
     height, width = images.shape[1:3]
-    pixels = torch.tensor(images, device=device).permute(0, 3, 1, 2).float()
-    boxes = propose(pnet, pixels, pyramid_scales(height, width, min_face_size, factor), thresholds[0])
+    pixels = sampler_for(images, device)
+    boxes = propose(pnet, pixels, pyramid_scales(height, width, min_face_size, factor), thresholds[0], device)
     if len(boxes):
-        boxes = refine(rnet, pixels, boxes, thresholds[1])
+        boxes = refine(rnet, pixels, boxes, thresholds[1], device)
     points = np.zeros((0, 5, 2))
     if len(boxes):
-        boxes, points = output(onet, pixels, boxes, thresholds[2])
+        boxes, points = output(onet, pixels, boxes, thresholds[2], device)
     return [
         (np.concatenate([boxes.corners[mine], boxes.scores[mine, None]], axis=1), points[mine])
         for mine in (boxes.owners == index for index in range(len(images)))
     ]
 
 
-def propose(pnet, pixels: torch.Tensor, scales: list[float], threshold: float) -> Boxes:
+def propose(pnet, pixels: Sampler, scales: list[float], threshold: float, device: torch.device) -> Boxes:
     """Stage 1: P-Net's boxes over the pyramid, suppressed, moved by its offsets, squared."""
-    height, width = pixels.shape[2:]
+    height, width = pixels.shape
     found: list[tuple[Boxes, np.ndarray]] = []
     for scale in scales:
-        level = resampled(pixels, (int(height * scale + 1), int(width * scale + 1)))
+        level = pixels.level((int(height * scale + 1), int(width * scale + 1))).to(device)
         offsets, probabilities = (t.cpu().numpy() for t in pnet(channels_last(normalised(level))))
         owners, rows, columns = np.nonzero(probabilities[:, 1] >= threshold)
         cells = np.stack([columns, rows], axis=1).astype(BOX_DTYPE)
@@ -110,10 +115,10 @@ def propose(pnet, pixels: torch.Tensor, scales: list[float], threshold: float) -
     return boxes
 
 
-def refine(rnet, pixels: torch.Tensor, boxes: Boxes, threshold: float) -> Boxes:
+def refine(rnet, pixels: Sampler, boxes: Boxes, threshold: float, device: torch.device) -> Boxes:
     """Stage 2: R-Net's scores of the boxes; those kept suppressed, moved, squared."""
     boxes, crops = cut(pixels, boxes, RNET_SIDE)
-    offsets, probabilities = run(rnet, crops)
+    offsets, probabilities = run(rnet, crops.to(device))
     keep = probabilities[:, 1] > threshold
     boxes = Boxes(boxes.corners[keep], probabilities[keep, 1].astype(BOX_DTYPE), boxes.owners[keep])
     offsets = offsets[keep]
@@ -123,10 +128,10 @@ def refine(rnet, pixels: torch.Tensor, boxes: Boxes, threshold: float) -> Boxes:
     return boxes
 
 
-def output(onet, pixels: torch.Tensor, boxes: Boxes, threshold: float) -> tuple[Boxes, np.ndarray]:
+def output(onet, pixels: Sampler, boxes: Boxes, threshold: float, device: torch.device) -> tuple[Boxes, np.ndarray]:
     """Stage 3: O-Net's scores, offsets and landmarks; the boxes kept moved and suppressed."""
     boxes, crops = cut(pixels, boxes, ONET_SIDE)
-    offsets, landmarks, probabilities = run(onet, crops)
+    offsets, landmarks, probabilities = run(onet, crops.to(device))
     keep = probabilities[:, 1] > threshold
     boxes = Boxes(boxes.corners[keep], probabilities[keep, 1].astype(BOX_DTYPE), boxes.owners[keep])
     corners, landmarks = boxes.corners, landmarks[keep].astype(BOX_DTYPE)
@@ -141,11 +146,6 @@ def output(onet, pixels: torch.Tensor, boxes: Boxes, threshold: float) -> tuple[
     return boxes.take(kept), points[kept]
 
 
-def resampled(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pixels (N x 3 x H x W) resampled to ``size`` (height, width) by area."""
-    return torch.nn.functional.interpolate(pixels, size=size, mode="area")
-
-
 def normalised(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * 0.0078125
 
@@ -156,19 +156,16 @@ def channels_last(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
-def cut(pixels: torch.Tensor, boxes: Boxes, side: int) -> tuple[Boxes, torch.Tensor]:
+def cut(pixels: Sampler, boxes: Boxes, side: int) -> tuple[Boxes, torch.Tensor]:
     """Each box's pixels (the box's whole pixels, within the image) resampled to ``side``; the
     boxes left with no pixel are dropped."""
-    height, width = pixels.shape[2:]
+    height, width = pixels.shape
     whole = np.trunc(boxes.corners).astype(np.int64)
     left, top = np.maximum(whole[:, 0], 1) - 1, np.maximum(whole[:, 1], 1) - 1
     right, bottom = np.minimum(whole[:, 2], width), np.minimum(whole[:, 3], height)
     keep = (right > left) & (bottom > top)
-    crops = [
-        resampled(pixels[owner : owner + 1, :, y0:y1, x0:x1], (side, side))
-        for owner, y0, y1, x0, x1 in zip(boxes.owners[keep], top[keep], bottom[keep], left[keep], right[keep])
-    ]
-    return boxes.take(keep), torch.cat(crops) if crops else pixels.new_zeros((0, 3, side, side))
+    crops = pixels.crops(boxes.owners[keep], top[keep], bottom[keep], left[keep], right[keep], side)
+    return boxes.take(keep), crops
 
 
 def run(net, crops: torch.Tensor) -> tuple[np.ndarray, ...]:
