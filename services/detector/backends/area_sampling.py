@@ -89,6 +89,7 @@ class TorchAreaSampler:
 
     def __init__(self, images: np.ndarray, device: torch.device) -> None:
         self.pixels = torch.tensor(images, device=device).permute(0, 3, 1, 2).float()
+        self.shape = images.shape[1:3]
 
     def level(self, size: tuple[int, int]) -> torch.Tensor:
         return torch.nn.functional.interpolate(self.pixels, size=size, mode="area")

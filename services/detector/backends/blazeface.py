@@ -298,13 +298,14 @@ class BlazeFaceBackend(FaceDetectorBackend):
         short, full = interpreters["short"], interpreters["full"]
         min_score = self.score(min_confidence)
         tiles = windows(width, height, min_face_size, full.model.side) if self.tiles else [whole]
-        # Finest level first: each coarser one is scaled down from the one before (half its side).
+        # Finest level first: each coarser one is scaled down from the one before (half its side);
+        # the short-range model sees the photo itself scaled down.
         level = None
         found = []
         for side in sorted({window.side for window in tiles}):
             level = Level(image, full.model.side / side, level)
             found += [full.run(level, window, min_score) for window in tiles if window.side == side]
-        found.append(short.run(Level(image, short.model.side / whole.side, level), whole, min_score))
+        found.append(short.run(Level(image, short.model.side / whole.side), whole, min_score))
         boxes = np.concatenate([f[0] for f in found])
         points = np.concatenate([f[1] for f in found])
         scores = np.concatenate([f[2] for f in found])
