@@ -143,7 +143,7 @@ def plan(out: Path) -> list[Step]:
         Step(
             "detector",
             "bench.detector_throughput",
-            ("--batch-size", "32", "--workers", "4", "--threads", "4", "--repeat", "3", *where),
+            ("--batch-size", "32", "--workers", "4", "--threads", "4", "--detector-threads", "4", "--repeat", "3", *where),
             f">= {DETECTOR_TARGET_PHOTOS_PER_S:g} photos/s detection",
             env={"FACESEARCH_DETECTOR_DEVICE": "cuda"},
             figure=detector_figure,
