@@ -40,3 +40,11 @@ def test_crops_are_torchs_area_resampling_of_each_region(images):
     assert found.shape == expected.shape == (4, 3, 24, 24)
     assert torch.allclose(found, expected, rtol=0, atol=1e-4)
     assert AreaSampler(images).crops([], [], [], [], [], 48).shape == (0, 3, 48, 48)
+
+
+def test_the_levels_come_before_the_crops(images):
+    sampler = AreaSampler(images)
+    sampler.level((40, 50))
+    sampler.crops([0], [0], [10], [0], [10], 24)
+    with pytest.raises(RuntimeError, match="before the crops"):
+        sampler.level((40, 50))

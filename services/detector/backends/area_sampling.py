@@ -25,39 +25,43 @@ def bins(start: np.ndarray, length: np.ndarray, out: int) -> tuple[np.ndarray, n
 
 class AreaSampler:
     """Area resampling of a batch of images (N x H x W x 3 uint8); results are float32 tensors,
-    N x 3 x oh x ow, laid out channels last (the layout the networks run fastest in)."""
+    N x 3 x oh x ow, laid out channels last (the layout the networks run fastest in).
+
+    One array of running sums serves both: along the rows (what the whole-image levels take),
+    then, on the first crop, along the columns too, in place (what crops take). So the levels
+    come first, as MTCNN's stages take them, and the sampler holds one int32 per pixel and
+    channel (int64 for images of more than 2**31 / 255 pixels)."""
 
     def __init__(self, images: np.ndarray) -> None:
         count, height, width, _ = images.shape
-        # Running sums along rows, then columns: a zero row and column first, so a sum from a to b
-        # is sums[b] - sums[a]. int32 holds 2**31 / 255 pixels' sums; larger images take int64.
         dtype = np.int32 if height * width * 255 < 2**31 else np.int64
-        self.row_sums = np.zeros((count, height + 1, width, 3), dtype=dtype)
-        np.cumsum(images, axis=1, dtype=dtype, out=self.row_sums[:, 1:])
-        self._integral: np.ndarray | None = None
+        # A zero row and column first, so that a sum from a to b is sums[b] - sums[a].
+        self.sums = np.zeros((count, height + 1, width + 1, 3), dtype=dtype)
+        np.cumsum(images, axis=1, dtype=dtype, out=self.sums[:, 1:, 1:])
+        self.integrated = False  # summed along the columns as well
         self.shape = (height, width)
-
-    @property
-    def integral(self) -> np.ndarray:
-        """Sums over rows and columns (N x H+1 x W+1 x 3), made on first use."""
-        if self._integral is None:
-            count, rows, width, _ = self.row_sums.shape
-            integral = np.zeros((count, rows, width + 1, 3), dtype=self.row_sums.dtype)
-            np.cumsum(self.row_sums, axis=2, out=integral[:, :, 1:])
-            self._integral = integral
-        return self._integral
 
     def level(self, size: tuple[int, int]) -> torch.Tensor:
         """The whole images resampled to ``size`` (height, width)."""
+        if self.integrated:
+            raise RuntimeError("the whole-image levels are taken before the crops")
         height, width = self.shape
         top, bottom = (b[0] for b in bins(np.zeros(1, np.int64), np.array([height]), size[0]))
         left, right = (b[0] for b in bins(np.zeros(1, np.int64), np.array([width]), size[1]))
-        rows = self.row_sums[:, bottom] - self.row_sums[:, top]  # N x oh x W x 3
+        rows = self.sums[:, bottom, 1:] - self.sums[:, top, 1:]  # N x oh x W x 3
         sums = np.zeros((rows.shape[0], size[0], width + 1, 3), dtype=rows.dtype)
         np.cumsum(rows, axis=2, out=sums[:, :, 1:])
         total = sums[:, :, right] - sums[:, :, left]  # N x oh x ow x 3
         counts = ((bottom - top)[:, None] * (right - left)[None, :]).astype(np.float32)
         return _channels_first(total.astype(np.float32) / counts[None, :, :, None])
+
+    @property
+    def integral(self) -> np.ndarray:
+        """The sums over rows and columns (N x H+1 x W+1 x 3)."""
+        if not self.integrated:
+            np.cumsum(self.sums, axis=2, out=self.sums)
+            self.integrated = True
+        return self.sums
 
     def crops(self, owners, top, bottom, left, right, side: int) -> torch.Tensor:
         """Regions (image, rows top to bottom, columns left to right, end excluded) resampled to
