@@ -10,8 +10,6 @@ import torch
 from facenet_pytorch.models.utils.detect_face import detect_face
 from PIL import Image
 
-from services.detector.backends import mtcnn_stages
-from services.detector.backends.area_sampling import TorchAreaSampler
 from services.detector.backends.blazeface import iou
 from services.detector.backends.mtcnn import PYRAMID_FACTOR, MtcnnBackend
 from services.detector.backends.mtcnn_stages import Boxes, pyramid_scales, squared, suppress, suppress_by_smaller
@@ -60,16 +58,8 @@ def mtcnn() -> MtcnnBackend:
     return backend
 
 
-@pytest.fixture(params=["running sums", "torch"])
-def sampler(request, monkeypatch) -> str:
-    """The CPU's area sampler, or torch's (what a GPU runs), here on the CPU."""
-    if request.param == "torch":
-        monkeypatch.setattr(mtcnn_stages, "sampler_for", TorchAreaSampler)
-    return request.param
-
-
 @pytest.mark.parametrize(("set_name", "name"), COMPARED)
-def test_the_stages_find_the_faces_facenet_pytorchs_detect_face_finds(mtcnn, sampler, set_name, name):
+def test_the_stages_find_the_faces_facenet_pytorchs_detect_face_finds(mtcnn, set_name, name):
     with Image.open(photo_path(set_name, name)) as photo:
         photo.thumbnail((1280, 1280))
         pixels = np.asarray(photo.convert("RGB"))

@@ -11,9 +11,9 @@
    the smaller one's area.
 
 The pyramid's levels and the crops are resampled by area as facenet-pytorch resamples them
-(torch's adaptive average pooling; ``area_sampling`` computes the same from running sums on the
-CPU): OpenCV's exact area weights moved boxes enough to change which faces were found and how
-well they matched (measured on the labelled photos). Pixels reach the networks as
+(torch's adaptive average pooling, which ``area_sampling`` computes from running sums, on the
+CPU or the GPU): OpenCV's exact area weights moved boxes enough to change which faces were found
+and how well they matched (measured on the labelled photos). Pixels reach the networks as
 ``(value - 127.5) / 128``, RGB, laid out channels last.
 With the same arithmetic (single precision), the faces found are facenet-pytorch's.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from services.detector.backends.area_sampling import AreaSampler, TorchAreaSampler, sampler_for
+from services.detector.backends.area_sampling import AreaSampler
 
 STRIDE = 2  # P-Net's window moves this far on each pyramid level
 CELL = 12  # P-Net's window side
@@ -36,8 +36,6 @@ NET_BATCH = 512  # crops per R-Net or O-Net call, bounding memory
 # Boxes are computed in single precision, as facenet-pytorch computes them: a box's corners are
 # cut to whole pixels, and in double precision some land a pixel apart and tip borderline faces.
 BOX_DTYPE = np.float32
-
-Sampler = AreaSampler | TorchAreaSampler
 
 
 @dataclass
@@ -77,25 +75,25 @@ def detect_faces(
     sampler (``area_sampling``)."""
     pnet, rnet, onet = nets
     height, width = images.shape[1:3]
-    pixels = sampler_for(images, device)
-    boxes = propose(pnet, pixels, pyramid_scales(height, width, min_face_size, factor), thresholds[0], device)
+    pixels = AreaSampler(images, device)
+    boxes = propose(pnet, pixels, pyramid_scales(height, width, min_face_size, factor), thresholds[0])
     if len(boxes):
-        boxes = refine(rnet, pixels, boxes, thresholds[1], device)
+        boxes = refine(rnet, pixels, boxes, thresholds[1])
     points = np.zeros((0, 5, 2))
     if len(boxes):
-        boxes, points = output(onet, pixels, boxes, thresholds[2], device)
+        boxes, points = output(onet, pixels, boxes, thresholds[2])
     return [
         (np.concatenate([boxes.corners[mine], boxes.scores[mine, None]], axis=1), points[mine])
         for mine in (boxes.owners == index for index in range(len(images)))
     ]
 
 
-def propose(pnet, pixels: Sampler, scales: list[float], threshold: float, device: torch.device) -> Boxes:
+def propose(pnet, pixels: AreaSampler, scales: list[float], threshold: float) -> Boxes:
     """Stage 1: P-Net's boxes over the pyramid, suppressed, moved by its offsets, squared."""
     height, width = pixels.shape
     found: list[tuple[Boxes, np.ndarray]] = []
     for scale in scales:
-        level = pixels.level((int(height * scale + 1), int(width * scale + 1))).to(device)
+        level = pixels.level((int(height * scale + 1), int(width * scale + 1)))
         offsets, probabilities = (t.cpu().numpy() for t in pnet(channels_last(normalised(level))))
         owners, rows, columns = np.nonzero(probabilities[:, 1] >= threshold)
         cells = np.stack([columns, rows], axis=1).astype(BOX_DTYPE)
@@ -115,10 +113,10 @@ def propose(pnet, pixels: Sampler, scales: list[float], threshold: float, device
     return boxes
 
 
-def refine(rnet, pixels: Sampler, boxes: Boxes, threshold: float, device: torch.device) -> Boxes:
+def refine(rnet, pixels: AreaSampler, boxes: Boxes, threshold: float) -> Boxes:
     """Stage 2: R-Net's scores of the boxes; those kept suppressed, moved, squared."""
     boxes, crops = cut(pixels, boxes, RNET_SIDE)
-    offsets, probabilities = run(rnet, crops.to(device))
+    offsets, probabilities = run(rnet, crops)
     keep = probabilities[:, 1] > threshold
     boxes = Boxes(boxes.corners[keep], probabilities[keep, 1].astype(BOX_DTYPE), boxes.owners[keep])
     offsets = offsets[keep]
@@ -128,10 +126,10 @@ def refine(rnet, pixels: Sampler, boxes: Boxes, threshold: float, device: torch.
     return boxes
 
 
-def output(onet, pixels: Sampler, boxes: Boxes, threshold: float, device: torch.device) -> tuple[Boxes, np.ndarray]:
+def output(onet, pixels: AreaSampler, boxes: Boxes, threshold: float) -> tuple[Boxes, np.ndarray]:
     """Stage 3: O-Net's scores, offsets and landmarks; the boxes kept moved and suppressed."""
     boxes, crops = cut(pixels, boxes, ONET_SIDE)
-    offsets, landmarks, probabilities = run(onet, crops.to(device))
+    offsets, landmarks, probabilities = run(onet, crops)
     keep = probabilities[:, 1] > threshold
     boxes = Boxes(boxes.corners[keep], probabilities[keep, 1].astype(BOX_DTYPE), boxes.owners[keep])
     corners, landmarks = boxes.corners, landmarks[keep].astype(BOX_DTYPE)
@@ -156,7 +154,7 @@ def channels_last(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
-def cut(pixels: Sampler, boxes: Boxes, side: int) -> tuple[Boxes, torch.Tensor]:
+def cut(pixels: AreaSampler, boxes: Boxes, side: int) -> tuple[Boxes, torch.Tensor]:
     """Each box's pixels (the box's whole pixels, within the image) resampled to ``side``; the
     boxes left with no pixel are dropped."""
     height, width = pixels.shape
