@@ -10,9 +10,18 @@ import torch
 from facenet_pytorch.models.utils.detect_face import detect_face
 from PIL import Image
 
+from services.detector.backends.area_sampling import AreaSampler
 from services.detector.backends.blazeface import iou
 from services.detector.backends.mtcnn import PYRAMID_FACTOR, MtcnnBackend
-from services.detector.backends.mtcnn_stages import Boxes, pyramid_scales, squared, suppress, suppress_by_smaller
+from services.detector.backends.mtcnn_stages import (
+    Boxes,
+    output,
+    pyramid_scales,
+    refine,
+    squared,
+    suppress,
+    suppress_by_smaller,
+)
 from services.detector.backends.mtcnn_stages import detect_faces as project_detect_faces
 from tests.conftest import photo_path
 
@@ -79,3 +88,11 @@ def test_the_stages_find_the_faces_facenet_pytorchs_detect_face_finds(mtcnn, set
         assert overlaps[nearest] >= 0.98, (name, box, boxes[nearest])
         assert np.abs(points[nearest] - landmarks).max() <= 0.02 * side, name
         assert boxes[nearest, 4] == pytest.approx(box[4], abs=1e-3)
+
+
+def test_boxes_wholly_outside_the_image_are_dropped_without_running_a_network(mtcnn):
+    images = np.zeros((1, 40, 50, 3), dtype=np.uint8)
+    outside = Boxes(np.array([[60.0, 5.0, 80.0, 25.0], [10.0, 45.0, 30.0, 70.0]]), np.ones(2), np.zeros(2, np.int64))
+    assert len(refine(mtcnn.nets[1], AreaSampler(images, mtcnn.device), outside, 0.5)) == 0
+    boxes, points = output(mtcnn.nets[2], AreaSampler(images, mtcnn.device), outside, 0.5)
+    assert len(boxes) == 0 and points.shape == (0, 5, 2)

@@ -71,29 +71,28 @@ def detect_faces(
     images: np.ndarray, min_face_size: int, nets, thresholds: list[float], factor: float, device: torch.device
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image of ``images`` (N x H x W x 3 uint8 RGB, one size): its faces' boxes (K x 5: x1
-    y1 x2 y2 score) and landmarks (K x 5 x 2, x and y). ``pixels`` below: the images' area
-    sampler (``area_sampling``)."""
+    y1 x2 y2 score) and landmarks (K x 5 x 2, x and y)."""
     pnet, rnet, onet = nets
     height, width = images.shape[1:3]
-    pixels = AreaSampler(images, device)
-    boxes = propose(pnet, pixels, pyramid_scales(height, width, min_face_size, factor), thresholds[0])
+    sampler = AreaSampler(images, device)
+    boxes = propose(pnet, sampler, pyramid_scales(height, width, min_face_size, factor), thresholds[0])
     if len(boxes):
-        boxes = refine(rnet, pixels, boxes, thresholds[1])
+        boxes = refine(rnet, sampler, boxes, thresholds[1])
     points = np.zeros((0, 5, 2))
     if len(boxes):
-        boxes, points = output(onet, pixels, boxes, thresholds[2])
+        boxes, points = output(onet, sampler, boxes, thresholds[2])
     return [
         (np.concatenate([boxes.corners[mine], boxes.scores[mine, None]], axis=1), points[mine])
         for mine in (boxes.owners == index for index in range(len(images)))
     ]
 
 
-def propose(pnet, pixels: AreaSampler, scales: list[float], threshold: float) -> Boxes:
+def propose(pnet, sampler: AreaSampler, scales: list[float], threshold: float) -> Boxes:
     """Stage 1: P-Net's boxes over the pyramid, suppressed, moved by its offsets, squared."""
-    height, width = pixels.shape
+    height, width = sampler.shape
     found: list[tuple[Boxes, np.ndarray]] = []
     for scale in scales:
-        level = pixels.level((int(height * scale + 1), int(width * scale + 1)))
+        level = sampler.level((int(height * scale + 1), int(width * scale + 1)))
         offsets, probabilities = (t.cpu().numpy() for t in pnet(channels_last(normalised(level))))
         owners, rows, columns = np.nonzero(probabilities[:, 1] >= threshold)
         cells = np.stack([columns, rows], axis=1).astype(BOX_DTYPE)
@@ -113,9 +112,11 @@ def propose(pnet, pixels: AreaSampler, scales: list[float], threshold: float) ->
     return boxes
 
 
-def refine(rnet, pixels: AreaSampler, boxes: Boxes, threshold: float) -> Boxes:
+def refine(rnet, sampler: AreaSampler, boxes: Boxes, threshold: float) -> Boxes:
     """Stage 2: R-Net's scores of the boxes; those kept suppressed, moved, squared."""
-    boxes, crops = cut(pixels, boxes, RNET_SIDE)
+    boxes, crops = cut(sampler, boxes, RNET_SIDE)
+    if not len(boxes):  # every box lay outside the image
+        return boxes
     offsets, probabilities = run(rnet, crops)
     keep = probabilities[:, 1] > threshold
     boxes = Boxes(boxes.corners[keep], probabilities[keep, 1].astype(BOX_DTYPE), boxes.owners[keep])
@@ -126,9 +127,11 @@ def refine(rnet, pixels: AreaSampler, boxes: Boxes, threshold: float) -> Boxes:
     return boxes
 
 
-def output(onet, pixels: AreaSampler, boxes: Boxes, threshold: float) -> tuple[Boxes, np.ndarray]:
+def output(onet, sampler: AreaSampler, boxes: Boxes, threshold: float) -> tuple[Boxes, np.ndarray]:
     """Stage 3: O-Net's scores, offsets and landmarks; the boxes kept moved and suppressed."""
-    boxes, crops = cut(pixels, boxes, ONET_SIDE)
+    boxes, crops = cut(sampler, boxes, ONET_SIDE)
+    if not len(boxes):
+        return boxes, np.zeros((0, 5, 2), dtype=BOX_DTYPE)
     offsets, landmarks, probabilities = run(onet, crops)
     keep = probabilities[:, 1] > threshold
     boxes = Boxes(boxes.corners[keep], probabilities[keep, 1].astype(BOX_DTYPE), boxes.owners[keep])
@@ -154,15 +157,15 @@ def channels_last(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
-def cut(pixels: AreaSampler, boxes: Boxes, side: int) -> tuple[Boxes, torch.Tensor]:
+def cut(sampler: AreaSampler, boxes: Boxes, side: int) -> tuple[Boxes, torch.Tensor]:
     """Each box's pixels (the box's whole pixels, within the image) resampled to ``side``; the
     boxes left with no pixel are dropped."""
-    height, width = pixels.shape
+    height, width = sampler.shape
     whole = np.trunc(boxes.corners).astype(np.int64)
     left, top = np.maximum(whole[:, 0], 1) - 1, np.maximum(whole[:, 1], 1) - 1
     right, bottom = np.minimum(whole[:, 2], width), np.minimum(whole[:, 3], height)
     keep = (right > left) & (bottom > top)
-    crops = pixels.crops(boxes.owners[keep], top[keep], bottom[keep], left[keep], right[keep], side)
+    crops = sampler.crops(boxes.owners[keep], top[keep], bottom[keep], left[keep], right[keep], side)
     return boxes.take(keep), crops
 
 
