@@ -160,7 +160,8 @@ class ClusteringRun:
         return close
 
     async def _with_vectors(self, face_ids: list[str], deadline: Deadline) -> list[search_pb2.FaceRecord]:
-        """The stored faces of these ids, vectors included."""
+        """The stored archive faces of these ids, vectors included (a face deleted meanwhile is
+        not among them)."""
         faces: list[search_pb2.FaceRecord] = []
         for start in range(0, len(face_ids), PAGE):
             request = search_pb2.ScrollRequest(
@@ -168,7 +169,7 @@ class ClusteringRun:
                 model=self.deps.model,
                 page_size=PAGE,
                 with_vectors=True,
-                filter=search_pb2.FaceFilter(face_ids=face_ids[start : start + PAGE]),
+                filter=search_pb2.FaceFilter(source=GALLERY, face_ids=face_ids[start : start + PAGE]),
             )
             faces += await self.deps.search.scroll_all(request, deadline, limit=PAGE)
         return faces
@@ -384,18 +385,9 @@ class ClusteringRun:
     async def _store(self, faces: list[search_pb2.FaceRecord], deadline: Deadline) -> None:
         """Writes the faces back; those read without their vector (close faces a query gave)
         get it read first."""
-        missing = [f for f in faces if not f.vector]
-        for start in range(0, len(missing), PAGE):
-            chunk = {f.id: f for f in missing[start : start + PAGE]}
-            request = search_pb2.ScrollRequest(
-                tenant=self.tenant,
-                model=self.deps.model,
-                page_size=PAGE,
-                with_vectors=True,
-                filter=search_pb2.FaceFilter(source=GALLERY, face_ids=list(chunk)),
-            )
-            for stored in await self.deps.search.scroll_all(request, deadline, limit=PAGE):
-                chunk[stored.id].vector.extend(stored.vector)
+        missing = {f.id: f for f in faces if not f.vector}
+        for stored in await self._with_vectors(list(missing), deadline):
+            missing[stored.id].vector.extend(stored.vector)
         faces = [f for f in faces if f.vector]  # a face deleted meanwhile is not written back
         for start in range(0, len(faces), UPSERT_BATCH):
             request = search_pb2.UpsertRequest(

@@ -51,7 +51,19 @@ SAME_HOST = "shared memory works only with a Triton on the same host (and, in a 
 CUDA_DEVICE = 0
 
 
-class SystemMemory:
+class _Regions:
+    """What both kinds of region share: tritonclient's module for them (``_shm``) writes and destroys."""
+
+    _shm: object
+
+    def write(self, handle: object, array: np.ndarray) -> None:
+        self._shm.set_shared_memory_region(handle, [array])
+
+    def destroy(self, handle: object) -> None:
+        self._shm.destroy_shared_memory_region(handle)
+
+
+class SystemMemory(_Regions):
     """POSIX shared memory regions (``/dev/shm``)."""
 
     kind = "system"
@@ -72,14 +84,8 @@ class SystemMemory:
     async def unregister(self, client, name: str, timeout: float) -> None:
         await client.unregister_system_shared_memory(name, client_timeout=timeout)
 
-    def write(self, handle: object, array: np.ndarray) -> None:
-        self._shm.set_shared_memory_region(handle, [array])
 
-    def destroy(self, handle: object) -> None:
-        self._shm.destroy_shared_memory_region(handle)
-
-
-class CudaMemory:
+class CudaMemory(_Regions):
     """CUDA shared memory regions on device ``CUDA_DEVICE`` (needs a CUDA device and cuda-python)."""
 
     kind = "cuda"
@@ -114,12 +120,6 @@ class CudaMemory:
 
     async def unregister(self, client, name: str, timeout: float) -> None:
         await client.unregister_cuda_shared_memory(name, client_timeout=timeout)
-
-    def write(self, handle: object, array: np.ndarray) -> None:
-        self._shm.set_shared_memory_region(handle, [array])
-
-    def destroy(self, handle: object) -> None:
-        self._shm.destroy_shared_memory_region(handle)
 
 
 def memory_of(kind: str) -> SystemMemory | CudaMemory | None:
